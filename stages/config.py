@@ -1,0 +1,163 @@
+"""The one validated view of `params.yaml` that every stage reads.
+
+Every section is strict: an unknown key is an error that names the key, a close match and the allowed
+keys, because a silently ignored typo (`epoch: 50`) is the worst kind of irreproducibility.
+Settings about *where* (tracking server, credentials, caches) are not here: they come from the
+environment so that they never invalidate DVC's cache.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.datasets import builtin_source_names
+from stages.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+
+DatasetName = Literal["mnist", "fashion_mnist"]
+
+
+class _Section(BaseModel):
+    """Base for every params section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MirrorSource(_Section):
+    """A mirror the user adds: a URL or a local path, in one of the two containers we can decode."""
+
+    name: str = Field(min_length=1)
+    format: Literal["npz", "idx"]
+    url: str = Field(
+        min_length=1,
+        description="For `npz`: the file. For `idx`: the folder holding the four gzip'd IDX files. "
+        "http(s):// URL or a local path.",
+    )
+
+
+class DataConfig(_Section):
+    """Which dataset to fetch, and from where, in which order."""
+
+    dataset: DatasetName = "mnist"
+    sources: list[str | MirrorSource] | None = Field(
+        default=None,
+        description="Sources tried in order: built-in names or mirrors; null = the dataset's default chain.",
+    )
+    local_dir: str | None = Field(
+        default=None, description="Folder with the IDX files or mnist.npz, used by the `local` source."
+    )
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> DataConfig:
+        if self.sources is not None:
+            if not self.sources:
+                raise ValueError("sources is empty: list at least one source, or use null for the defaults")
+            allowed = builtin_source_names(self.dataset)
+            for entry in self.sources:
+                if isinstance(entry, str) and entry not in allowed:
+                    raise ValueError(
+                        f"unknown source {entry!r} for dataset {self.dataset!r}; "
+                        f"built-in sources: {', '.join(allowed)} (or a mirror: {{name, format, url}})"
+                    )
+        return self
+
+
+class PreprocessConfig(_Section):
+    """How the raw arrays become train / validation / test splits."""
+
+    val_size: Annotated[int | float, Field(ge=0)] = Field(
+        default=5000,
+        description="Validation images held out of the training set: a count (>= 1), a fraction (< 1), or 0.",
+    )
+    limit: Annotated[int, Field(ge=10)] | None = Field(
+        default=None, description="Keep a stratified subset of this many training images (quick runs)."
+    )
+
+    @model_validator(mode="after")
+    def _val_size_is_count_or_fraction(self) -> PreprocessConfig:
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ValueError(f"val_size {self.val_size} must be a whole count (>= 1) or a fraction (< 1)")
+        return self
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise ConfigError with every problem spelled out."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found: run the stage from the repository root") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (seed, data, ...), got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {line}" for line in describe_errors(exc, Params))
+        raise ConfigError(f"{path} is invalid:\n{problems}\nFix the value(s) above and rerun.") from exc
+
+
+def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One readable line per validation error, naming the key path (`data.retries`) and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = [part for part in err["loc"] if not _is_union_branch(part)]
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(root, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"{key}: unknown key.{did_you_mean} Allowed here: {', '.join(allowed)}")
+        else:
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message}{got}")
+    return lines
+
+
+def _is_union_branch(part: Any) -> bool:
+    """Pydantic names the tried union member in the location (`str`, `MirrorSource`): hide it."""
+    return isinstance(part, str) and (part in {"str", "int", "float"} or part[:1].isupper())
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """The field names of the section at `loc`, walking nested models (and list items) from the root."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        nested = _first_model_in(annotation)
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _first_model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _first_model_in(arg)
+        if found is not None:
+            return found
+    return None

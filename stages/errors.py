@@ -1,0 +1,37 @@
+"""The pipeline's two kinds of expected failure, and the one entry point that turns them into exit codes.
+
+A stage raises `ConfigError` or `StageError` with a message that names the cause and the fix; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+
+class StageError(Exception):
+    """A stage cannot do its work (bad input, unreachable source, full disk...). Exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(StageError):
+    """params.yaml (or the environment) asks for something invalid. Exit code 2, before any work."""
+
+    exit_code = 2
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's `main()` as a program: log to stderr, turn expected failures into a clean exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what we report
+    try:
+        main()
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        sys.exit(130)
