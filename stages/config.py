@@ -21,6 +21,11 @@ from stages.errors import ConfigError
 PARAMS_FILE = Path("params.yaml")
 
 DatasetName = Literal["mnist", "fashion_mnist"]
+# Kept here rather than imported from stages.models so that validating params never imports Keras;
+# tests/test_models.py checks the two lists agree.
+PresetName = Literal["mlp", "mlp_dropout", "cnn", "cnn_deep", "cnn_fashion", "fast_cnn", "best_cnn"]
+OptimizerName = Literal["rmsprop", "adam", "adamw", "sgd", "adadelta", "adagrad"]
+ScheduleName = Literal["constant", "cosine", "plateau"]
 
 
 class _Section(BaseModel):
@@ -89,12 +94,34 @@ class PreprocessConfig(_Section):
         return self
 
 
+class TrainConfig(_Section):
+    """A model preset, and overrides of its training settings (null = the preset's own)."""
+
+    model: PresetName = "fast_cnn"
+    optimizer: OptimizerName | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=10)] | None = None
+    epochs: Annotated[int, Field(ge=1, le=1000)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    schedule: ScheduleName | None = None
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
+    mixed_precision: bool = False
+    registered_model: str = Field(default="mnist-classifier", min_length=1, pattern=r"^[A-Za-z0-9][\w.\-]*$")
+
+
+class EvaluateConfig(_Section):
+    """What the evaluation shows besides the metrics."""
+
+    misclassified_examples: Annotated[int, Field(ge=0, le=400)] = 36
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = 42
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -42,6 +42,8 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # left by a writer that was killed
+            _remove(stale)
         if directory:
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         else:

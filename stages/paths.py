@@ -28,3 +28,23 @@ def prepared_split(split: str, root: Path = PREPARED) -> Path:
 
 def prepared_meta(root: Path = PREPARED) -> Path:
     return root / "meta.json"
+
+
+TRAIN_STATE = DATA / "train_state"  # checkpoints of an unfinished training run; not a DVC output
+MODEL_DIR = DATA / "model"
+TRAIN_METRICS = METRICS / "train.json"
+TRAIN_HISTORY = METRICS / "train_history.csv"
+EVAL_METRICS = METRICS / "eval.json"
+PER_CLASS = METRICS / "per_class.csv"
+CONFUSION_CSV = METRICS / "confusion.csv"
+CONFUSION_PNG = METRICS / "confusion.png"
+MISCLASSIFIED_PNG = METRICS / "misclassified.png"
+
+
+def model_file(root: Path = MODEL_DIR) -> Path:
+    return root / "model.keras"
+
+
+def run_record(root: Path = MODEL_DIR) -> Path:
+    """JSON with the MLflow run id that train created, for evaluate and report to log into."""
+    return root / "run.json"

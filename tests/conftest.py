@@ -197,8 +197,12 @@ def simple_index_page(wheel_name: str, wheel_bytes: bytes, href: str) -> bytes:
 
 
 def run(cmd: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None):
-    """Run a command the way a user would, with this virtualenv's tools first on PATH."""
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    """Run a command the way a user would, with this virtualenv's tools first on PATH.
+
+    MLFLOW_* variables of the developer's shell are dropped, so tests never log to a real server.
+    """
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     full_env.update(env or {})
     result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
@@ -206,14 +210,12 @@ def run(cmd: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | 
     return result
 
 
-@pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
+def copy_repository(dest: Path) -> Path:
     """The working tree's tracked and new files, copied into a fresh git repository, as a clone would be."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=REPO, capture_output=True, check=True,
     ).stdout.decode().split("\0")  # fmt: skip
-    dest = tmp_path / "repo"
     for name in filter(None, listed):
         source = REPO / name
         if source.is_file():
@@ -224,3 +226,24 @@ def repo_copy(tmp_path: Path) -> Path:
     run([*git, "add", "-A"], dest)
     run([*git, "commit", "-qm", "copy"], dest)
     return dest
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    return copy_repository(tmp_path / "repo")
+
+
+def set_params(repo: Path, **sections: dict) -> None:
+    """Update sections of the copy's params.yaml, as a user editing it would."""
+    import yaml
+
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages `dvc repro` / `dvc exp run` says it ran, in order."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]

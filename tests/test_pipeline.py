@@ -7,26 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import run
+from conftest import ran_stages, run, set_params
 
 from stages.datasets import DATASETS, verify
 
 pytestmark = pytest.mark.slow
 
 MNIST_TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-
-
-def set_params(repo: Path, **sections: dict) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
 def check_prepared(repo: Path, n_train: int, n_val: int) -> None:
@@ -43,8 +30,8 @@ def check_prepared(repo: Path, n_train: int, n_val: int) -> None:
 def test_dvc_repro_fetches_verifies_and_prepares_real_mnist(repo_copy):
     set_params(repo_copy, preprocess={"val_size": 1000, "limit": 2000})
 
-    first = run(["dvc", "repro"], repo_copy)
-    assert ran_stages(first.stdout)[:2] == ["download", "preprocess"]
+    first = run(["dvc", "repro", "preprocess"], repo_copy)
+    assert ran_stages(first.stdout) == ["download", "preprocess"]
     assert (
         f"{repo_copy}/stages"
         in run(["python", "-c", "import stages; print(stages.__file__)"], repo_copy).stdout
@@ -61,15 +48,15 @@ def test_dvc_repro_fetches_verifies_and_prepares_real_mnist(repo_copy):
     assert data_metrics["train"]["images"] == 2000 and data_metrics["val"]["images"] == 1000
     assert not [p for p in (repo_copy / "data").rglob(".*") if p.name != ".gitignore"]  # no temp files
 
-    second = run(["dvc", "repro"], repo_copy)
+    second = run(["dvc", "repro", "preprocess"], repo_copy)
     assert ran_stages(second.stdout) == []
     assert "Data and pipelines are up to date" in second.stdout
 
     set_params(repo_copy, preprocess={"limit": 3000})
-    third = run(["dvc", "repro"], repo_copy)
+    third = run(["dvc", "repro", "preprocess"], repo_copy)
     assert ran_stages(third.stdout) == ["preprocess"]
     check_prepared(repo_copy, n_train=3000, n_val=1000)
-    assert "up to date" in run(["dvc", "status"], repo_copy).stdout
+    assert "up to date" in run(["dvc", "status", "preprocess"], repo_copy).stdout
 
 
 @pytest.mark.skipif(
@@ -78,7 +65,7 @@ def test_dvc_repro_fetches_verifies_and_prepares_real_mnist(repo_copy):
 )
 def test_dvc_repro_on_fashion_mnist_from_the_default_chain(repo_copy):
     set_params(repo_copy, data={"dataset": "fashion_mnist"}, preprocess={"val_size": 1000, "limit": 2000})
-    run(["dvc", "repro"], repo_copy)
+    run(["dvc", "repro", "preprocess"], repo_copy)
     with np.load(repo_copy / "data" / "raw" / "fashion_mnist.npz", allow_pickle=False) as npz:
         raw = {name: npz[name] for name in npz.files}
     assert verify(DATASETS["fashion_mnist"], raw) == dict(DATASETS["fashion_mnist"].array_sha256)

@@ -1,0 +1,172 @@
+"""evaluate: the trained model on the test split, the only stage that reads it.
+
+Writes metrics/eval.json (the DVC metric), the per-class table, the confusion matrix (as rows for DVC's
+`confusion` template and as a PNG) and a grid of the most confident mistakes, and logs them all into the
+MLflow run that train created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    log_loss,
+)
+
+from stages import paths, tracking
+from stages.config import load_params
+from stages.errors import StageError, run_stage
+from stages.io import atomic_path, load_npz, write_json
+from stages.train import EXPERIMENT
+
+log = logging.getLogger(__name__)
+
+
+def load_model(path: Path):
+    """The saved model, loaded with Keras' safe mode (no arbitrary code), or a clear error."""
+    import keras
+
+    if not path.exists():
+        raise StageError(f"{path} is missing: rerun `dvc repro train`")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile and h5py errors for a bad file
+        reason = type(exc).__name__
+        raise StageError(f"{path} is corrupt or unreadable ({reason}): rerun `dvc repro train`") from exc
+
+
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Test loss and accuracy, and per-class precision, recall, F1 and support."""
+    predicted = probabilities.argmax(axis=1)
+    report = classification_report(
+        labels,
+        predicted,
+        labels=range(len(class_names)),
+        target_names=class_names,
+        output_dict=True,
+        zero_division=0,
+    )
+    return {
+        "test": {
+            "loss": float(log_loss(labels, probabilities, labels=range(len(class_names)))),
+            "accuracy": float(accuracy_score(labels, predicted)),
+            "errors": int((predicted != labels).sum()),
+            "macro_f1": float(report["macro avg"]["f1-score"]),
+        },
+        "per_class": {
+            name: {
+                "precision": float(report[name]["precision"]),
+                "recall": float(report[name]["recall"]),
+                "f1": float(report[name]["f1-score"]),
+                "support": int(report[name]["support"]),
+            }
+            for name in class_names
+        },
+    }
+
+
+def save_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> None:
+    """The confusion matrix as one row per test image (DVC's `confusion` template) and as a PNG."""
+    rows = pd.DataFrame(
+        {"actual": np.asarray(class_names)[labels], "predicted": np.asarray(class_names)[predicted]}
+    )
+    with atomic_path(paths.CONFUSION_CSV) as tmp:
+        rows.to_csv(tmp, index=False)
+    matrix = confusion_matrix(labels, predicted, labels=range(len(class_names)))
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=100)
+    ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False)
+    ax.set_title(f"Test confusion matrix ({int(np.trace(matrix))} of {int(matrix.sum())} right)")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    _save_png(fig, paths.CONFUSION_PNG)
+
+
+def save_misclassified(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], count: int
+) -> None:
+    """A grid of the most confident mistakes: true label, predicted label and confidence under each."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+    columns = max(1, min(6, len(wrong)))
+    rows = max(1, int(np.ceil(len(wrong) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, wrong, strict=False):
+        ax.imshow(images[index, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
+        confidence = probabilities[index, predicted[index]]
+        ax.set_title(
+            f"#{index}: {class_names[labels[index]]} → {class_names[predicted[index]]}\n{confidence:.0%}",
+            fontsize=8,
+        )
+    fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum())})", fontsize=10)
+    _save_png(fig, paths.MISCLASSIFIED_PNG)
+
+
+def _save_png(fig: plt.Figure, dest: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    params = load_params()
+    meta = json.loads(paths.prepared_meta().read_text())
+    class_names: list[str] = meta["class_names"]
+    run_id = _read_run_id()
+    tracking.connect(EXPERIMENT)  # fails in seconds if the store is unusable
+    model = load_model(paths.model_file())
+    test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
+    labels = test["label"].astype(np.int64)
+
+    probabilities = np.asarray(model.predict(test["x"], batch_size=1000, verbose=0), dtype=np.float64)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
+    results = evaluate(probabilities, labels, class_names)
+    predicted = probabilities.argmax(axis=1)
+
+    per_class = pd.DataFrame.from_dict(results["per_class"], orient="index").rename_axis("class")
+    with atomic_path(paths.PER_CLASS) as tmp:
+        per_class.to_csv(tmp, float_format="%.4f")
+    save_confusion(labels, predicted, class_names)
+    save_misclassified(test["x"], labels, probabilities, class_names, params.evaluate.misclassified_examples)
+    write_json(paths.EVAL_METRICS, results)
+
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in results["test"].items()})
+        mlflow.log_metrics(
+            {f"test_{metric}_{i}": values[metric] for i, values in enumerate(results["per_class"].values())
+             for metric in ("precision", "recall", "f1")}
+        )  # fmt: skip
+        for path in (paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        mlflow.log_table(per_class.reset_index(), artifact_file="evaluation/per_class.json")
+    test_results = results["test"]
+    log.info("test accuracy %.4f (%d errors)", test_results["accuracy"], test_results["errors"])
+
+
+def _read_run_id() -> str:
+    path = paths.run_record()
+    try:
+        return json.loads(path.read_text())["run_id"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise StageError(f"{path} is missing or unreadable ({exc}): rerun `dvc repro train`") from exc
+
+
+if __name__ == "__main__":
+    run_stage(main)

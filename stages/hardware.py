@@ -1,0 +1,48 @@
+"""Where training runs, and making it repeatable: seeds, deterministic ops, devices, precision.
+
+The only backend-specific code in the project lives here (model code is `keras.*` only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+import keras
+
+log = logging.getLogger(__name__)
+
+
+def configure(seed: int, mixed_precision: bool) -> tuple[str, Any]:
+    """Seed every RNG, make ops deterministic, pick the device(s); return (device description, scope).
+
+    The scope is a `tf.distribute.MirroredStrategy` scope when several GPUs are visible, else a no-op:
+    build and compile the model inside it.
+    """
+    keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's RNGs
+    backend = keras.backend.backend()
+    gpus: list[str] = []
+    scope: Any = contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        physical = tf.config.list_physical_devices("GPU")
+        for gpu in physical:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in physical]
+        if len(physical) > 1:
+            scope = tf.distribute.MirroredStrategy().scope()
+    elif backend == "jax":
+        import jax
+
+        gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
+    names = ", ".join(sorted(set(gpus)))
+    device = f"{len(gpus)} x GPU ({names})" if gpus else f"CPU ({os.cpu_count()} cores)"
+    precision = keras.mixed_precision.global_policy().name
+    log.info("training on %s with the %s backend, precision %s", device, backend, precision)
+    return device, scope

@@ -1,0 +1,175 @@
+"""MLflow, the way every stage uses it: one store, one run per trained model, lineage on every run.
+
+The store is `MLFLOW_TRACKING_URI` when set, else the sqlite file `mlflow.db` at the repository root,
+by absolute path: `dvc exp run --queue/--temp` runs stages in a copy under `.dvc/tmp/exps`, where a
+relative path would silently start a second store. Two experiments may log at once, so the sqlite file
+is in WAL mode and every connection waits for the lock instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from stages.errors import ConfigError, StageError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 60
+_EXPS_TMP = (".dvc", "tmp", "exps")
+
+
+def repository_root(start: Path | None = None) -> Path:
+    """The user's repository, also from inside a DVC experiment's temporary copy of it."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - len(_EXPS_TMP) + 1):
+        if parts[i : i + len(_EXPS_TMP)] == _EXPS_TMP:
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, or the repository-root sqlite store by absolute path."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{repository_root() / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}"
+
+
+def redact(uri: str) -> str:
+    """The URI without its password, safe to print or log."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (`sqlite:////abs/path` is absolute), or None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+
+
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: mlruns/<experiment> beside a local sqlite store (and
+    not where the first run happened to start); a tracking server decides for itself."""
+    db = sqlite_file(uri)
+    return None if db is None else (db.parent / "mlruns" / experiment).as_uri()
+
+
+def _prepare_sqlite(uri: str) -> None:
+    """WAL mode lets readers and one writer work at once; it is a property of the file, set once."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(db, timeout=SQLITE_BUSY_TIMEOUT_S) as con:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise StageError(f"cannot open the MLflow store {db}: {exc}") from exc
+
+
+def connect(experiment: str) -> str:
+    """Point MLflow at the store, prove it answers (within seconds), and return the experiment id.
+
+    Called before any training, so an unreachable tracking server costs seconds, not a lost run.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        # Fail fast: MLflow's defaults retry an unreachable server for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    _prepare_sqlite(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(experiment, artifact_location=artifact_root(uri, experiment))
+    except Exception as exc:  # MLflow raises many kinds (MlflowException, requests', sqlalchemy's)
+        if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
+            return client.get_experiment_by_name(experiment).experiment_id  # created concurrently
+        raise StageError(
+            f"the MLflow tracking store {redact(uri)} is not usable: {_first_line(exc)}. "
+            "Start the server (or fix MLFLOW_TRACKING_URI), or unset MLFLOW_TRACKING_URI to use the local "
+            "sqlite store, and rerun."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """params.yaml as MLflow params: `train.model` -> `fast_cnn`; lists and None as text."""
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{name}.")
+        else:
+            yield name, str(value)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
+    """Which code, data and experiment produced a run, and on what."""
+    import keras
+    import mlflow
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    tags = {
+        "git.commit": commit or "unknown",
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "dvc.experiment": os.environ.get("DVC_EXP_NAME", "(workspace)"),
+        "data.content_sha256": data_hash,
+        "device": device,
+        "keras.backend": keras.backend.backend(),
+        "version.keras": keras.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.python": platform.python_version(),
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tags["version.tensorflow"] = tf.__version__
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+_SECRET = re.compile(r"(password|secret|token|key)", re.IGNORECASE)
+
+
+def check_no_secrets(values: Mapping[str, str]) -> None:
+    """Refuse to log anything that looks like a credential (user:password@ in a URI)."""
+    for key, value in values.items():
+        if "@" in value and urlsplit(value).password is not None:
+            raise ConfigError(f"{key} holds a URI with a password; refusing to log it to MLflow")
+        if _SECRET.search(key) and value not in ("None", ""):
+            raise ConfigError(f"{key} looks like a credential; refusing to log it to MLflow")

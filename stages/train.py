@@ -1,0 +1,370 @@
+"""train: fit a model preset on the prepared training split, validating on the validation split only.
+
+One MLflow run per trained model: created here, its id written into data/model/run.json for evaluate and
+report. Every finished epoch is checkpointed under data/train_state/, so a killed run, rerun with the same
+params and data, continues from its last finished epoch (in the same MLflow run) instead of restarting.
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from stages import hardware, paths, tracking
+from stages.config import Params, TrainConfig, load_params
+from stages.errors import StageError, run_stage
+from stages.io import atomic_path, load_npz, write_json
+from stages.models import PRESETS, Preset, learning_rate_for, make_optimizer
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "mnist-pipeline"
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The training settings in effect: the preset's, with params.yaml's overrides applied."""
+
+    optimizer: str
+    learning_rate: float
+    optimizer_options: dict[str, Any]
+    epochs: int
+    batch_size: int
+    schedule: str
+    early_stopping_patience: int | None
+
+    @classmethod
+    def resolve(cls, preset: Preset, cfg: TrainConfig) -> Settings:
+        optimizer = cfg.optimizer or preset.optimizer
+        return cls(
+            optimizer=optimizer,
+            learning_rate=cfg.learning_rate if cfg.learning_rate is not None else preset.learning_rate,
+            # the preset's optimizer internals belong to its optimizer: drop them if another is chosen
+            optimizer_options=dict(preset.optimizer_options) if optimizer == preset.optimizer else {},
+            epochs=cfg.epochs or preset.epochs,
+            batch_size=cfg.batch_size or preset.batch_size,
+            schedule=cfg.schedule or preset.schedule,
+            early_stopping_patience=cfg.early_stopping_patience or preset.early_stopping_patience,
+        )
+
+
+class TrainState:
+    """data/train_state/: checkpoints, the MLflow run id and the epoch history of an unfinished run.
+
+    It is only resumed when its fingerprint (params, data, code-relevant settings) matches this run's.
+    """
+
+    def __init__(self, root: Path, fingerprint: str) -> None:
+        self.root = root
+        self.backup_dir = root / "backup"
+        self.history_csv = root / "history.csv"
+        self._fingerprint_file = root / "fingerprint"
+        self._run_id_file = root / "run_id"
+        self.fingerprint = fingerprint
+
+    def stale_run_id(self) -> str | None:
+        """If a different run left state behind, clear it and return that run's id (to mark it killed)."""
+        if not self.root.exists():
+            return None
+        previous = self._fingerprint_file.read_text().strip() if self._fingerprint_file.exists() else None
+        if previous == self.fingerprint:
+            return None
+        stale = self.run_id
+        log.info("discarding checkpoints of an earlier run with other settings")
+        self.clear()
+        return stale
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id_file.read_text().strip() if self._run_id_file.exists() else None
+
+    def start(self, run_id: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fingerprint_file.write_text(self.fingerprint)
+        self._run_id_file.write_text(run_id)
+
+    def history(self) -> list[dict[str, float]]:
+        """Finished epochs in order; an epoch recorded twice (killed before its checkpoint) counts once."""
+        if not self.history_csv.exists():
+            return []
+        with self.history_csv.open(newline="") as fh:
+            rows = {
+                int(row["epoch"]): {key: float(value) for key, value in row.items() if value != ""}
+                for row in csv.DictReader(fh)
+            }
+        return [rows[epoch] for epoch in sorted(rows)]
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After each epoch: one history row on disk (survives a kill) and one batched MLflow call."""
+
+    def __init__(self, state: TrainState, run_id: str) -> None:
+        super().__init__()
+        self.state, self.run_id = state, run_id
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import mlflow
+
+        row = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_FIELDS}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["epoch_time_s"] = round(time.perf_counter() - self._started, 3)
+        new_file = not self.state.history_csv.exists()
+        with self.state.history_csv.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow({"epoch": epoch + 1, **row})
+        mlflow.log_metrics(row, step=epoch + 1, run_id=self.run_id)
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
+
+
+def layer_summary(model: keras.Model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=100)
+    return "\n".join(lines) + "\n"
+
+
+def fingerprint(params: Params, data_hash: str) -> str:
+    relevant = {
+        "seed": params.seed,
+        "preprocess": params.preprocess.model_dump(),
+        "train": params.train.model_dump(),
+    }
+    return hashlib.sha256(json.dumps([relevant, data_hash], sort_keys=True).encode()).hexdigest()
+
+
+def callbacks_for(
+    settings: Settings, state: TrainState, run_id: str, has_val: bool
+) -> list[keras.callbacks.Callback]:
+    monitor = "val_accuracy" if has_val else "accuracy"
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochRecorder(state, run_id),
+        # after the recorder, so an epoch is in the history before its checkpoint exists
+        keras.callbacks.BackupAndRestore(
+            str(state.backup_dir), double_checkpoint=True, delete_checkpoint=False
+        ),
+    ]
+    if settings.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=settings.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    if settings.schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor.replace("accuracy", "loss"), factor=0.5, patience=2
+            )
+        )
+    return callbacks
+
+
+def log_model(model: keras.Model, example: np.ndarray, run_id: str, registered_name: str) -> str:
+    """Log the model with its signature and an input example, and register it once per run.
+
+    `mlflow.keras.log_model(input_example=...)` fails in MLflow 3 (it writes the example before creating
+    its folder: mlflow/mlflow#16183), so the model is saved into a folder we create, logged as the run's
+    `model` artifact and registered from there. A rerun of the same run adds no duplicate version.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    client = mlflow.MlflowClient()
+    existing = client.search_model_versions(f"name='{registered_name}' and run_id='{run_id}'")
+    if existing:
+        log.info("model already registered as %s version %s", registered_name, existing[0].version)
+        return existing[0].version
+    requirements = [f"keras=={keras.__version__}"]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        requirements.append(f"tensorflow=={tf.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(folder),
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            input_example=example,
+            pip_requirements=requirements,
+        )
+        mlflow.log_artifacts(str(folder), artifact_path="model")
+    version = mlflow.register_model(f"runs:/{run_id}/model", registered_name, tags={"run_id": run_id})
+    log.info("registered %s version %s", registered_name, version.version)
+    return version.version
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.train
+    preset = PRESETS[cfg.model]
+    settings = Settings.resolve(preset, cfg)
+    meta = _read_meta()
+    if meta["dataset"] != preset.dataset:
+        log.info("preset %s comes from %s; training it on %s", preset.name, preset.dataset, meta["dataset"])
+    device, scope = hardware.configure(params.seed, cfg.mixed_precision)
+    experiment_id = tracking.connect(EXPERIMENT)  # fails in seconds if the store is unusable
+    train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
+    val = load_npz(paths.prepared_split("val"), ("x", "y"), produced_by="preprocess")
+    has_val = len(val["x"]) > 0
+
+    import mlflow
+
+    state = TrainState(paths.TRAIN_STATE, fingerprint(params, meta["content_sha256"]))
+    if (stale := state.stale_run_id()) is not None:
+        _mark_killed(stale)
+    resumed = state.run_id
+    if resumed is not None and not _run_exists(resumed):
+        log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
+        state.clear()
+        resumed = None
+    with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id) as run:
+        run_id = run.info.run_id
+        state.start(run_id)
+        if resumed:
+            log.info("resuming MLflow run %s from its last finished epoch", run_id)
+        mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
+        logged = dict(tracking.flatten(params.model_dump()))
+        logged |= {f"effective.{k}": str(v) for k, v in asdict(settings).items()}
+        with scope:
+            model = preset.build()
+            steps = settings.epochs * int(np.ceil(len(train["x"]) / settings.batch_size))
+            lr = learning_rate_for(settings.schedule, settings.learning_rate, steps)
+            model.compile(
+                optimizer=make_optimizer(settings.optimizer, lr, **settings.optimizer_options),
+                loss="categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+        counts = parameter_counts(model)
+        logged |= {f"model.params.{k}": str(v) for k, v in counts.items()}
+        tracking.check_no_secrets(logged)
+        mlflow.log_params(logged)
+        mlflow.log_text(layer_summary(model), "model_summary.txt")
+
+        model.fit(
+            train["x"],
+            train["y"],
+            batch_size=settings.batch_size,
+            epochs=settings.epochs,
+            validation_data=(val["x"], val["y"]) if has_val else None,
+            callbacks=callbacks_for(settings, state, run_id, has_val),
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        history = state.history()
+        if not history:
+            raise StageError("training finished no epoch; rerun `dvc repro train`")
+        final = _final_metrics(model, history, val if has_val else None, settings.batch_size, counts)
+        mlflow.log_metrics(
+            {
+                f"final_{key.replace('.', '_')}": value
+                for key, value in _flat_numbers(final).items()
+                if not key.startswith("params")
+            }
+        )
+
+        with atomic_path(paths.MODEL_DIR, directory=True) as staging:
+            model.save(paths.model_file(staging))
+            write_json(paths.run_record(staging), {"run_id": run_id, "experiment_id": run.info.experiment_id})
+        _write_history_csv(history)
+        write_json(paths.TRAIN_METRICS, final)
+        log_model(model, val["x"][:2] if has_val else train["x"][:2], run_id, cfg.registered_model)
+    state.clear()
+    log.info("trained %s in %.0f s: %s", preset.name, final["train_time_s"], final["val"])
+
+
+def _read_meta() -> dict[str, Any]:
+    path = paths.prepared_meta()
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path} is missing or unreadable ({exc}): rerun `dvc repro preprocess`") from exc
+
+
+def _run_exists(run_id: str) -> bool:
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST), or a malformed id
+        return False
+    return True
+
+
+def _mark_killed(run_id: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+    except Exception as exc:  # the run may be gone from this store; nothing to mend then
+        log.info("could not mark earlier run %s as killed: %s", run_id, exc)
+
+
+def _final_metrics(
+    model: keras.Model,
+    history: list[dict[str, float]],
+    val: dict | None,
+    batch_size: int,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """Last epoch's training figures; validation figures of the final (with early stopping: best) weights."""
+    last = history[-1]
+    final: dict[str, Any] = {
+        "train": {"loss": last["loss"], "accuracy": last["accuracy"]},
+        "val": {},
+        "epochs": len(history),
+        "train_time_s": round(sum(row["epoch_time_s"] for row in history), 2),
+        "params": counts,
+    }
+    if val is not None:
+        loss, accuracy = model.evaluate(val["x"], val["y"], batch_size=max(batch_size, 512), verbose=0)
+        final["val"] = {"loss": float(loss), "accuracy": float(accuracy)}
+    return final
+
+
+def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat_numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def _write_history_csv(history: list[dict[str, float]]) -> None:
+    with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({**row, "epoch": int(row["epoch"])})
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,90 @@
+"""The model presets: exact architectures of the tutorials, their stated optimizer settings, overrides."""
+
+from __future__ import annotations
+
+import ast
+import typing
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages.config import PresetName, TrainConfig
+from stages.models import PRESETS, make_optimizer
+from stages.train import Settings
+
+REFERENCE_COUNTS = {
+    "mlp": 407_050,
+    "mlp_dropout": 669_706,
+    "cnn": 600_810,
+    "cnn_deep": 675_370,
+    "cnn_fashion": 140_682,
+}
+
+
+@pytest.mark.parametrize(("name", "count"), REFERENCE_COUNTS.items())
+def test_reference_presets_have_the_tutorials_exact_parameter_counts(name, count):
+    preset = PRESETS[name]
+    model = preset.build()
+    assert model.count_params() == count == preset.expected_params
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+
+
+def test_cnn_deep_conv_layers_match_the_tutorial_summary():
+    convs = [layer for layer in PRESETS["cnn_deep"].build().layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.count_params() for layer in convs] == [640, 73_856, 295_168]
+
+
+def test_every_preset_outputs_probabilities():
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    for preset in PRESETS.values():
+        probabilities = keras.ops.convert_to_numpy(preset.build()(x, training=False))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_params_schema_lists_exactly_the_presets():
+    assert set(typing.get_args(PresetName)) == set(PRESETS)
+
+
+def test_tutorial_optimizer_settings_are_stated_not_defaulted():
+    """Keras 3's defaults differ from the Keras 1/2.2 the tutorials ran on; the presets must not use them."""
+    adadelta = make_optimizer(
+        PRESETS["cnn"].optimizer, PRESETS["cnn"].learning_rate, **PRESETS["cnn"].optimizer_options
+    )
+    assert isinstance(adadelta, keras.optimizers.Adadelta)
+    assert float(adadelta.learning_rate) == 1.0 and adadelta.epsilon == 1e-8 and adadelta.rho == 0.95
+    deep = PRESETS["cnn_deep"]
+    adagrad = make_optimizer(deep.optimizer, deep.learning_rate, **deep.optimizer_options)
+    assert isinstance(adagrad, keras.optimizers.Adagrad)
+    assert adagrad.initial_accumulator_value == 0.0 and float(adagrad.learning_rate) == pytest.approx(0.01)
+    assert (PRESETS["cnn_fashion"].epochs, PRESETS["cnn_fashion"].batch_size) == (10, 64)
+    assert (PRESETS["mlp_dropout"].epochs, PRESETS["mlp"].epochs, PRESETS["cnn"].epochs) == (20, 5, 12)
+
+
+def test_params_override_the_preset_and_drop_foreign_optimizer_options():
+    defaults = Settings.resolve(PRESETS["cnn_deep"], TrainConfig(model="cnn_deep"))
+    assert (defaults.optimizer, defaults.epochs, defaults.batch_size) == ("adagrad", 20, 128)
+    assert defaults.optimizer_options == {"initial_accumulator_value": 0.0, "epsilon": 1e-7}
+    changed = Settings.resolve(
+        PRESETS["cnn_deep"], TrainConfig(model="cnn_deep", optimizer="adam", learning_rate=0.002, epochs=3)
+    )
+    assert (changed.optimizer, changed.learning_rate, changed.epochs) == ("adam", 0.002, 3)
+    assert changed.optimizer_options == {}  # Adagrad's accumulator option means nothing to Adam
+
+
+def test_model_code_is_backend_neutral():
+    """The presets use keras.* only, so they also run on the JAX backend (see the GPU benchmark)."""
+    tree = ast.parse((Path(__file__).parents[1] / "stages" / "models.py").read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not imported & {"tensorflow", "jax", "torch"}

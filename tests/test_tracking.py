@@ -1,0 +1,73 @@
+"""Where MLflow logs, and how it fails: the store's location, WAL mode, an unreachable server, secrets."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FixtureServer
+
+from stages import tracking
+from stages.errors import ConfigError, StageError
+
+
+def test_repository_root_is_found_from_inside_a_dvc_experiment_copy(tmp_path):
+    inside = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpabc123" / "stages"
+    assert tracking.repository_root(inside) == tmp_path / "proj"
+    assert tracking.repository_root(tmp_path / "proj") == tmp_path / "proj"
+
+
+def test_default_store_is_the_absolute_repository_root_sqlite_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    exp_copy = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpxyz"
+    exp_copy.mkdir(parents=True)
+    monkeypatch.chdir(exp_copy)
+    uri = tracking.tracking_uri()
+    assert uri.startswith(f"sqlite:///{tmp_path / 'proj' / 'mlflow.db'}?timeout=")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_connect_puts_the_sqlite_store_in_wal_mode_and_artifacts_beside_it(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=5")
+    monkeypatch.chdir(tmp_path.parent)
+    first = tracking.connect("exp")
+    assert tracking.connect("exp") == first
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with mlflow.start_run(experiment_id=first) as run:
+        mlflow.log_text("hello", "note.txt")
+    assert (tmp_path / "mlruns" / "exp" / run.info.run_id / "artifacts" / "note.txt").read_text() == "hello"
+
+
+def test_unreachable_server_fails_in_seconds_naming_the_uri(monkeypatch):
+    with FixtureServer() as server:
+        closed = server.url("/").rstrip("/")  # nothing listens here once the server is closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    with pytest.raises(StageError) as caught:
+        tracking.connect("exp")
+    assert f"the MLflow tracking store {closed} is not usable" in str(caught.value)
+    assert "unset MLFLOW_TRACKING_URI" in str(caught.value)
+    assert time.monotonic() - started < 30
+
+
+def test_passwords_are_redacted_and_never_logged():
+    assert (
+        tracking.redact("https://alice:s3cret@mlflow.example.org") == "https://alice:***@mlflow.example.org"
+    )
+    assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    with pytest.raises(ConfigError, match="holds a URI with a password"):
+        tracking.check_no_secrets({"data.local_dir": "https://bob:pw@host/x"})
+    tracking.check_no_secrets({"data.local_dir": "None", "train.model": "fast_cnn"})
+
+
+def test_flattened_params(tmp_path: Path):
+    flat = dict(tracking.flatten({"seed": 1, "data": {"dataset": "mnist", "sources": None, "t": [1, 2]}}))
+    assert flat == {"seed": "1", "data.dataset": "mnist", "data.sources": "None", "data.t": "[1, 2]"}

@@ -1,0 +1,177 @@
+"""Train and evaluate for real, through `dvc repro`, and check what MLflow recorded.
+
+One small run (a stratified subset, one epoch) is shared by the checks of the MLflow record; the
+determinism, resume and `dvc exp run` tests each start from that trained copy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import copy_repository, ran_stages, run, set_params
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "preprocess": {"val_size": 500, "limit": 1000},
+    "train": {"model": "fast_cnn", "epochs": 2, "batch_size": 64},
+    "evaluate": {"misclassified_examples": 12},
+}
+
+
+def client_for(repo: Path):
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def run_id_of(repo: Path) -> str:
+    return json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    repo = copy_repository(tmp_path_factory.mktemp("trained") / "repo")
+    set_params(repo, **SMALL)
+    result = run(["dvc", "repro"], repo)
+    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate"]
+    return repo
+
+
+def test_outputs_metrics_and_plots(trained):
+    train_metrics = json.loads((trained / "metrics" / "train.json").read_text())
+    assert train_metrics["epochs"] == 2 and train_metrics["params"]["total"] == trained_params(trained)
+    assert 0 <= train_metrics["val"]["accuracy"] <= 1
+    evaluation = json.loads((trained / "metrics" / "eval.json").read_text())
+    assert set(evaluation["per_class"]) == set("0123456789")
+    assert sum(c["support"] for c in evaluation["per_class"].values()) == 10_000
+    with (trained / "metrics" / "confusion.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10_000
+    right = sum(r["actual"] == r["predicted"] for r in rows)
+    assert right == 10_000 - evaluation["test"]["errors"]
+    assert (trained / "metrics" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (trained / "metrics" / "misclassified.png").read_bytes()[:4] == b"\x89PNG"
+    shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
+    assert "test" in shown and "accuracy" in shown
+    assert "up to date" in run(["dvc", "status"], trained).stdout
+
+
+def trained_params(repo: Path) -> int:
+    import keras
+
+    return keras.saving.load_model(repo / "data" / "model" / "model.keras").count_params()
+
+
+def test_mlflow_run_has_params_curves_counts_test_metrics_and_lineage(trained):
+    client = client_for(trained)
+    run_data = client.get_run(run_id_of(trained))
+    params, metrics, tags = run_data.data.params, run_data.data.metrics, run_data.data.tags
+    assert run_data.info.status == "FINISHED"
+    assert params["train.model"] == "fast_cnn" and params["preprocess.limit"] == "1000"
+    assert params["effective.optimizer"] == "adam" and params["effective.epochs"] == "2"
+    assert int(params["model.params.total"]) == trained_params(trained)
+    assert int(params["model.params.trainable"]) + int(params["model.params.non_trainable"]) == int(
+        params["model.params.total"]
+    )
+    curve = client.get_metric_history(run_data.info.run_id, "val_accuracy")
+    assert [m.step for m in curve] == [1, 2]
+    evaluation = json.loads((trained / "metrics" / "eval.json").read_text())
+    assert metrics["test_accuracy"] == pytest.approx(evaluation["test"]["accuracy"])
+    head = run(["git", "rev-parse", "HEAD"], trained).stdout.strip()
+    assert tags["git.commit"] == head and tags["git.dirty"] == "true"  # params.yaml was edited
+    meta = json.loads((trained / "data" / "prepared" / "meta.json").read_text())
+    assert tags["data.content_sha256"] == meta["content_sha256"]
+    assert tags["device"].startswith(("CPU", "1 x GPU")) and tags["dvc.experiment"] == "(workspace)"
+    artifacts = {a.path for a in client.list_artifacts(run_data.info.run_id)}
+    assert {"model", "evaluation", "model_summary.txt"} <= artifacts
+
+
+def test_registered_version_predicts_like_the_saved_model(trained):
+    import keras
+    import mlflow
+
+    client = client_for(trained)
+    [version] = client.search_model_versions(f"run_id='{run_id_of(trained)}'")
+    assert version.name == "mnist-classifier"
+    registered = mlflow.pyfunc.load_model(f"models:/mnist-classifier/{version.version}")
+    assert list(registered.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28, 1]
+    with np.load(trained / "data" / "prepared" / "test.npz") as npz:
+        images = npz["x"][:200]
+    saved = keras.saving.load_model(trained / "data" / "model" / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(
+        np.asarray(registered.predict(images)).argmax(axis=1), saved.predict(images, verbose=0).argmax(axis=1)
+    )
+
+
+def test_same_commit_and_params_give_identical_metrics(trained):
+    first = json.loads((trained / "metrics" / "train.json").read_text())
+    history_before = (trained / "metrics" / "train_history.csv").read_text()
+    run(["dvc", "repro", "--force", "train"], trained)
+    second = json.loads((trained / "metrics" / "train.json").read_text())
+    assert (first["train"], first["val"]) == (second["train"], second["val"])
+    drop_times = lambda text: [row.rsplit(",", 1)[0] for row in text.splitlines()]  # noqa: E731
+    assert drop_times(history_before) == drop_times((trained / "metrics" / "train_history.csv").read_text())
+
+
+def test_killed_training_resumes_from_its_last_finished_epoch(trained):
+    set_params(trained, train={"epochs": 20})
+    state = trained / "data" / "train_state"
+    previous_model = (trained / "data" / "model" / "model.keras").read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    process = subprocess.Popen(
+        ["python", "-m", "stages.train"],
+        cwd=trained,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 240
+    while not (state / "history.csv").exists() or len((state / "history.csv").read_text().splitlines()) < 3:
+        assert process.poll() is None, process.stdout.read().decode()
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # two epochs recorded: the kill lands mid-training
+    process.wait()
+    killed_run = (state / "run_id").read_text().strip()
+    # the killed run never touched the previous model, and left no partial file where a stage would look
+    assert (trained / "data" / "model" / "model.keras").read_bytes() == previous_model
+    assert not [p for p in (trained / "data").iterdir() if p.name.startswith(".model")]
+
+    rerun = run(["dvc", "repro", "train"], trained)
+    output = rerun.stdout + rerun.stderr
+    assert "resuming MLflow run" in output
+    assert "Epoch 1/20" not in output and "Epoch 20/20" in output
+    assert run_id_of(trained) == killed_run
+    history = list(csv.DictReader((trained / "metrics" / "train_history.csv").open()))
+    assert [row["epoch"] for row in history] == [str(epoch) for epoch in range(1, 21)]
+    steps = [m.step for m in client_for(trained).get_metric_history(killed_run, "accuracy")]
+    assert sorted(set(steps)) == list(range(1, 21))
+    assert not state.exists()  # checkpoints are removed after success
+
+
+def test_dvc_exp_run_in_a_temporary_copy_logs_to_the_repository_store(trained):
+    result = run(["dvc", "exp", "run", "--temp", "-S", "train.model=mlp", "-S", "train.epochs=1"], trained)
+    assert "train" in ran_stages(result.stdout)
+    runs = client_for(trained).search_runs(
+        [client_for(trained).get_experiment_by_name("mnist-pipeline").experiment_id],
+        filter_string="params.`train.model` = 'mlp'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.tags["dvc.experiment"] not in ("", "(workspace)")
+    artifacts = trained / "mlruns" / "mnist-pipeline" / runs[0].info.run_id / "artifacts"
+    assert (artifacts / "model" / "MLmodel").is_file()
+    assert not list((trained / ".dvc" / "tmp").rglob("mlflow.db"))
