@@ -129,14 +129,17 @@ def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int = 3, **kwargs: Any)
 
 
 def build_fast_cnn() -> keras.Model:
-    """Small and quick: batch-normalised valid convolutions, so each block shrinks the image it works on."""
+    """Small and quick: two blocks of batch-normalised valid convolutions (24 then 48 filters), each block
+    working on a smaller image than the last, then a small dense head. Narrower than `cnn` where the
+    image is large, which is where a CPU spends its time."""
 
     def body(x):
-        for filters in (32, 64):
+        for filters in (24, 48):
             x = _conv_bn(x, filters)
             x = _conv_bn(x, filters)
             x = layers.MaxPooling2D(2)(x)
         x = layers.Flatten()(x)
+        x = layers.Dense(128, activation="relu")(x)
         return layers.Dropout(0.3)(x)
 
     return _model("fast_cnn", body)
@@ -229,11 +232,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="fast_cnn",
-            summary="Ours: 4 batch-normalised convs, cosine schedule; >= 99.5% in less time than `cnn`",
+            summary="Ours: 4 batch-normalised convs (24/48) + Dense 128, cosine schedule",
             build=build_fast_cnn,
             optimizer="adam",
             learning_rate=0.003,
-            epochs=6,
+            epochs=8,
             batch_size=128,
             schedule="cosine",
         ),
