@@ -7,7 +7,6 @@ MLflow run that train created.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ from sklearn.metrics import (
 from stages import paths, tracking
 from stages.config import load_params
 from stages.errors import StageError, run_stage
-from stages.io import atomic_path, load_npz, write_json
-from stages.train import EXPERIMENT
+from stages.io import atomic_path, load_json, load_npz, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +123,9 @@ def _save_png(fig: plt.Figure, dest: Path) -> None:
 
 def main() -> None:
     params = load_params()
-    meta = json.loads(paths.prepared_meta().read_text())
-    class_names: list[str] = meta["class_names"]
-    run_id = _read_run_id()
-    tracking.connect(EXPERIMENT)  # fails in seconds if the store is unusable
+    class_names: list[str] = load_json(paths.prepared_meta(), produced_by="preprocess")["class_names"]
+    run_id = load_json(paths.run_record(), produced_by="train")["run_id"]
+    tracking.connect()  # fails in seconds if the store is unusable
     model = load_model(paths.model_file())
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     labels = test["label"].astype(np.int64)
@@ -158,14 +155,6 @@ def main() -> None:
         mlflow.log_table(per_class.reset_index(), artifact_file="evaluation/per_class.json")
     test_results = results["test"]
     log.info("test accuracy %.4f (%d errors)", test_results["accuracy"], test_results["errors"])
-
-
-def _read_run_id() -> str:
-    path = paths.run_record()
-    try:
-        return json.loads(path.read_text())["run_id"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise StageError(f"{path} is missing or unreadable ({exc}): rerun `dvc repro train`") from exc
 
 
 if __name__ == "__main__":

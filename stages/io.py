@@ -103,6 +103,19 @@ def load_npz(path: Path | str, keys: tuple[str, ...], *, produced_by: str) -> di
         raise StageError(f"{path} is corrupt or truncated ({exc}): {rerun}") from exc
 
 
+def load_json(path: Path | str, *, produced_by: str) -> Any:
+    """Load a JSON output of an earlier stage, or fail with a message that says which stage to rerun."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StageError(f"{path} is missing: rerun `dvc repro {produced_by}` to rebuild it") from exc
+    except (OSError, ValueError) as exc:
+        raise StageError(
+            f"{path} is unreadable ({exc}): rerun `dvc repro {produced_by}` to rebuild it"
+        ) from exc
+
+
 def write_json(dest: Path | str, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(dest) as tmp:

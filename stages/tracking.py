@@ -23,6 +23,7 @@ from stages.errors import ConfigError, StageError
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT = "mnist-pipeline"  # the MLflow experiment every pipeline run belongs to
 SQLITE_BUSY_TIMEOUT_S = 60
 _EXPS_TMP = (".dvc", "tmp", "exps")
 
@@ -82,7 +83,7 @@ def _prepare_sqlite(uri: str) -> None:
         raise StageError(f"cannot open the MLflow store {db}: {exc}") from exc
 
 
-def connect(experiment: str) -> str:
+def connect(experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store, prove it answers (within seconds), and return the experiment id.
 
     Called before any training, so an unreachable tracking server costs seconds, not a lost run.

@@ -26,12 +26,11 @@ import numpy as np
 from stages import hardware, paths, tracking
 from stages.config import Params, TrainConfig, load_params
 from stages.errors import StageError, run_stage
-from stages.io import atomic_path, load_npz, write_json
+from stages.io import atomic_path, load_json, load_npz, write_json
 from stages.models import PRESETS, Preset, learning_rate_for, make_optimizer
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "mnist-pipeline"
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s")
 
 
@@ -223,46 +222,26 @@ def log_model(model: keras.Model, example: np.ndarray, run_id: str, registered_n
 
 def main() -> None:
     params = load_params()
-    cfg = params.train
-    preset = PRESETS[cfg.model]
-    settings = Settings.resolve(preset, cfg)
-    meta = _read_meta()
-    if meta["dataset"] != preset.dataset:
-        log.info("preset %s comes from %s; training it on %s", preset.name, preset.dataset, meta["dataset"])
-    device, scope = hardware.configure(params.seed, cfg.mixed_precision)
-    experiment_id = tracking.connect(EXPERIMENT)  # fails in seconds if the store is unusable
+    preset = PRESETS[params.train.model]
+    settings = Settings.resolve(preset, params.train)
+    meta = load_json(paths.prepared_meta(), produced_by="preprocess")
+    device, scope = hardware.configure(params.seed, params.train.mixed_precision)
+    experiment_id = tracking.connect()  # fails in seconds if the store is unusable
     train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
     val = load_npz(paths.prepared_split("val"), ("x", "y"), produced_by="preprocess")
-    has_val = len(val["x"]) > 0
+    val_or_none = val if len(val["x"]) else None
+    state = TrainState(paths.TRAIN_STATE, fingerprint(params, meta["content_sha256"]))
 
     import mlflow
 
-    state = TrainState(paths.TRAIN_STATE, fingerprint(params, meta["content_sha256"]))
-    if (stale := state.stale_run_id()) is not None:
-        _mark_killed(stale)
-    resumed = state.run_id
-    if resumed is not None and not _run_exists(resumed):
-        log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
-        state.clear()
-        resumed = None
-    with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id) as run:
-        run_id = run.info.run_id
-        state.start(run_id)
-        if resumed:
-            log.info("resuming MLflow run %s from its last finished epoch", run_id)
+    with mlflow.start_run(**_run_to_resume(state, experiment_id)) as run:
+        state.start(run.info.run_id)
         mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
+        with scope:
+            model = _compiled_model(preset, settings, len(train["x"]))
+        counts = parameter_counts(model)
         logged = dict(tracking.flatten(params.model_dump()))
         logged |= {f"effective.{k}": str(v) for k, v in asdict(settings).items()}
-        with scope:
-            model = preset.build()
-            steps = settings.epochs * int(np.ceil(len(train["x"]) / settings.batch_size))
-            lr = learning_rate_for(settings.schedule, settings.learning_rate, steps)
-            model.compile(
-                optimizer=make_optimizer(settings.optimizer, lr, **settings.optimizer_options),
-                loss="categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-        counts = parameter_counts(model)
         logged |= {f"model.params.{k}": str(v) for k, v in counts.items()}
         tracking.check_no_secrets(logged)
         mlflow.log_params(logged)
@@ -273,38 +252,50 @@ def main() -> None:
             train["y"],
             batch_size=settings.batch_size,
             epochs=settings.epochs,
-            validation_data=(val["x"], val["y"]) if has_val else None,
-            callbacks=callbacks_for(settings, state, run_id, has_val),
+            validation_data=None if val_or_none is None else (val["x"], val["y"]),
+            callbacks=callbacks_for(settings, state, run.info.run_id, has_val=val_or_none is not None),
             verbose=1 if sys.stdout.isatty() else 2,
         )
-        history = state.history()
-        if not history:
-            raise StageError("training finished no epoch; rerun `dvc repro train`")
-        final = _final_metrics(model, history, val if has_val else None, settings.batch_size, counts)
+        final = _final_metrics(model, state.history(), val_or_none, settings.batch_size, counts)
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if isinstance(v, float | int)})
         mlflow.log_metrics(
-            {
-                f"final_{key.replace('.', '_')}": value
-                for key, value in _flat_numbers(final).items()
-                if not key.startswith("params")
-            }
+            {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()}
         )
 
         with atomic_path(paths.MODEL_DIR, directory=True) as staging:
             model.save(paths.model_file(staging))
-            write_json(paths.run_record(staging), {"run_id": run_id, "experiment_id": run.info.experiment_id})
-        _write_history_csv(history)
+            write_json(paths.run_record(staging), {"run_id": run.info.run_id, "experiment_id": experiment_id})
+        _write_history_csv(state.history())
         write_json(paths.TRAIN_METRICS, final)
-        log_model(model, val["x"][:2] if has_val else train["x"][:2], run_id, cfg.registered_model)
+        log_model(model, (val_or_none or train)["x"][:2], run.info.run_id, params.train.registered_model)
     state.clear()
     log.info("trained %s in %.0f s: %s", preset.name, final["train_time_s"], final["val"])
 
 
-def _read_meta() -> dict[str, Any]:
-    path = paths.prepared_meta()
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StageError(f"{path} is missing or unreadable ({exc}): rerun `dvc repro preprocess`") from exc
+def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
+    """`mlflow.start_run` arguments: the unfinished run of these checkpoints, or a new run."""
+    if (stale := state.stale_run_id()) is not None:
+        _mark_killed(stale)
+    resumed = state.run_id
+    if resumed is not None and _run_exists(resumed):
+        log.info("resuming MLflow run %s from its last finished epoch", resumed)
+        return {"run_id": resumed}
+    if resumed is not None:
+        log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
+        state.clear()
+    return {"experiment_id": experiment_id}
+
+
+def _compiled_model(preset: Preset, settings: Settings, n_train: int) -> keras.Model:
+    model = preset.build()
+    steps = settings.epochs * int(np.ceil(n_train / settings.batch_size))
+    learning_rate = learning_rate_for(settings.schedule, settings.learning_rate, steps)
+    model.compile(
+        optimizer=make_optimizer(settings.optimizer, learning_rate, **settings.optimizer_options),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
 
 
 def _run_exists(run_id: str) -> bool:
@@ -334,6 +325,8 @@ def _final_metrics(
     counts: dict[str, int],
 ) -> dict[str, Any]:
     """Last epoch's training figures; validation figures of the final (with early stopping: best) weights."""
+    if not history:
+        raise StageError("training finished no epoch; rerun `dvc repro train`")
     last = history[-1]
     final: dict[str, Any] = {
         "train": {"loss": last["loss"], "accuracy": last["accuracy"]},
@@ -346,16 +339,6 @@ def _final_metrics(
         loss, accuracy = model.evaluate(val["x"], val["y"], batch_size=max(batch_size, 512), verbose=0)
         final["val"] = {"loss": float(loss), "accuracy": float(accuracy)}
     return final
-
-
-def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat_numbers(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float):
-            out[f"{prefix}{key}"] = float(value)
-    return out
 
 
 def _write_history_csv(history: list[dict[str, float]]) -> None:
