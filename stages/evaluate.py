@@ -111,11 +111,11 @@ def save_misclassified(
             fontsize=8,
         )
     fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum())})", fontsize=10)
-    _save_png(fig, paths.MISCLASSIFIED_PNG)
+    _save_png(fig, paths.MISCLASSIFIED_PNG, title_space=0.35 / fig.get_figheight())
 
 
-def _save_png(fig: plt.Figure, dest: Path) -> None:
-    fig.tight_layout()
+def _save_png(fig: plt.Figure, dest: Path, title_space: float = 0.0) -> None:
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_space))  # tight_layout ignores a suptitle
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
