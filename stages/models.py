@@ -129,15 +129,18 @@ def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int = 3, **kwargs: Any)
 
 
 def build_fast_cnn() -> keras.Model:
-    """Small and quick: two blocks of batch-normalised valid convolutions (24 then 48 filters), each block
-    working on a smaller image than the last, then a small dense head. Narrower than `cnn` where the
-    image is large, which is where a CPU spends its time."""
+    """Small and quick on a CPU. Two blocks of two valid 3x3 convolutions (24, then 48 filters), each
+    block working on a smaller image than the last, then a small dense head. Batch normalisation only in
+    the second block: at full resolution its extra passes over the activations cost more CPU time than
+    the convolutions themselves (measured), while in the smaller block it is cheap and speeds learning."""
 
     def body(x):
-        for filters in (24, 48):
-            x = _conv_bn(x, filters)
-            x = _conv_bn(x, filters)
-            x = layers.MaxPooling2D(2)(x)
+        x = layers.Conv2D(24, 3, activation="relu")(x)
+        x = layers.Conv2D(24, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = _conv_bn(x, 48)
+        x = _conv_bn(x, 48)
+        x = layers.MaxPooling2D(2)(x)
         x = layers.Flatten()(x)
         x = layers.Dense(128, activation="relu")(x)
         return layers.Dropout(0.3)(x)
@@ -232,7 +235,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="fast_cnn",
-            summary="Ours: 4 batch-normalised convs (24/48) + Dense 128, cosine schedule",
+            summary="Ours: 2 x 2 convs (24, then 48 batch-normalised) + Dense 128, cosine schedule",
             build=build_fast_cnn,
             optimizer="adam",
             learning_rate=0.003,
