@@ -2,8 +2,9 @@
 
 The store is `MLFLOW_TRACKING_URI` when set, else the sqlite file `mlflow.db` at the repository root,
 by absolute path: `dvc exp run --queue/--temp` runs stages in a copy under `.dvc/tmp/exps`, where a
-relative path would silently start a second store. Two experiments may log at once, so the sqlite file
-is in WAL mode and every connection waits for the lock instead of failing with "database is locked".
+relative path would silently start a second store. Two experiments may log at once: MLflow makes every
+sqlite session wait up to 20 s for the lock (PRAGMA busy_timeout), and we put the file in WAL mode so
+that readers (the UI, `dvc exp show`) never block a writer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from stages.errors import ConfigError, StageError
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "mnist-pipeline"  # the MLflow experiment every pipeline run belongs to
-SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_BUSY_TIMEOUT_S = 60  # for our own one-off connection that switches the file to WAL
 _EXPS_TMP = (".dvc", "tmp", "exps")
 
 
@@ -43,7 +44,7 @@ def tracking_uri() -> str:
     configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if configured:
         return configured
-    return f"sqlite:///{repository_root() / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}"
+    return f"sqlite:///{repository_root() / 'mlflow.db'}"
 
 
 def redact(uri: str) -> str:

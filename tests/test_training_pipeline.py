@@ -175,3 +175,31 @@ def test_dvc_exp_run_in_a_temporary_copy_logs_to_the_repository_store(trained):
     artifacts = trained / "mlruns" / "mnist-pipeline" / runs[0].info.run_id / "artifacts"
     assert (artifacts / "model" / "MLmodel").is_file()
     assert not list((trained / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_two_queued_experiments_run_at_once_and_both_log_to_sqlite(trained):
+    """`dvc queue start -j 2`: two trainings write to one sqlite store at the same time (WAL + busy wait)."""
+    for model in ("mlp", "cnn_fashion"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"train.model={model}", "-S", "train.epochs=2"], trained)
+    run(["dvc", "queue", "start", "-j", "2"], trained)
+    deadline = time.monotonic() + 420
+    while True:
+        status = run(["dvc", "queue", "status"], trained).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    run(["dvc", "queue", "stop", "--kill"], trained, check=False)
+    assert "Failed" not in status, (
+        run(["dvc", "queue", "logs", "--help"], trained, check=False).stdout + status
+    )
+    client = client_for(trained)
+    experiment = client.get_experiment_by_name("mnist-pipeline").experiment_id
+    for model in ("mlp", "cnn_fashion"):
+        [queued] = client.search_runs(
+            [experiment],
+            filter_string=f"params.`train.model` = '{model}' and params.`train.epochs` = '2'",
+        )
+        assert queued.info.status == "FINISHED"
+        assert "test_accuracy" in queued.data.metrics
+        assert [m.step for m in client.get_metric_history(queued.info.run_id, "accuracy")] == [1, 2]
