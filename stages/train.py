@@ -256,7 +256,8 @@ def main() -> None:
             callbacks=callbacks_for(settings, state, run.info.run_id, has_val=val_or_none is not None),
             verbose=1 if sys.stdout.isatty() else 2,
         )
-        final = _final_metrics(model, state.history(), val_or_none, settings.batch_size, counts)
+        history = state.history()
+        final = _final_metrics(model, history, val_or_none, settings.batch_size, counts)
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if isinstance(v, float | int)})
         mlflow.log_metrics(
             {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()}
@@ -265,7 +266,7 @@ def main() -> None:
         with atomic_path(paths.MODEL_DIR, directory=True) as staging:
             model.save(paths.model_file(staging))
             write_json(paths.run_record(staging), {"run_id": run.info.run_id, "experiment_id": experiment_id})
-        _write_history_csv(state.history())
+        _write_history_csv(history)
         write_json(paths.TRAIN_METRICS, final)
         log_model(model, (val_or_none or train)["x"][:2], run.info.run_id, params.train.registered_model)
     state.clear()
