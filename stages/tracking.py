@@ -138,6 +138,18 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def library_versions() -> dict[str, str]:
+    """The versions a trained model depends on: Keras, its backend (TensorFlow when that is the one)."""
+    import keras
+
+    versions = {"keras": keras.__version__}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
 def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
     """Which code, data and experiment produced a run, and on what."""
     import keras
@@ -152,14 +164,10 @@ def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
         "data.content_sha256": data_hash,
         "device": device,
         "keras.backend": keras.backend.backend(),
-        "version.keras": keras.__version__,
         "version.mlflow": mlflow.__version__,
         "version.python": platform.python_version(),
     }
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tags["version.tensorflow"] = tf.__version__
+    tags |= {f"version.{name}": version for name, version in library_versions().items()}
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags

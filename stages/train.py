@@ -199,11 +199,7 @@ def log_model(model: keras.Model, example: np.ndarray, run_id: str, registered_n
     if existing:
         log.info("model already registered as %s version %s", registered_name, existing[0].version)
         return existing[0].version
-    requirements = [f"keras=={keras.__version__}"]
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        requirements.append(f"tensorflow=={tf.__version__}")
+    requirements = [f"{name}=={version}" for name, version in tracking.library_versions().items()]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         folder.mkdir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, FixtureServer
+from conftest import REPO, FixtureServer, user_env
 
 from stages import tracking
 from stages.errors import ConfigError, StageError
@@ -94,8 +93,7 @@ def test_two_processes_write_the_default_store_at_once_without_database_locked(t
     (our WAL mode does not change the outcome): this guards the guarantee across MLflow versions."""
     import mlflow
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # the default store
-    env["PYTHONPATH"] = str(REPO)
+    env = user_env(PYTHONPATH=str(REPO))  # no MLFLOW_TRACKING_URI: the default store
     create = "from stages import tracking; tracking.connect('stress')"
     subprocess.run([sys.executable, "-c", create], cwd=tmp_path, env=env, capture_output=True, check=True)
     writers = [
@@ -117,3 +115,16 @@ def test_two_processes_write_the_default_store_at_once_without_database_locked(t
     assert len(runs) == 2
     for run in runs:
         assert len(client.get_metric_history(run.info.run_id, "a")) == 150
+
+
+def test_lineage_tags_name_the_experiment_the_data_and_the_library_versions(monkeypatch):
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1234")
+    tags = tracking.lineage_tags("abc123", "CPU (2 cores)")
+    assert tags["dvc.experiment"] == "exp-1234" and tags["data.content_sha256"] == "abc123"
+    assert tags["version.keras"] == keras.__version__ and tags["version.mlflow"] == mlflow.__version__
+    assert tags["version.tensorflow"] == tf.__version__  # the backend of this test environment
+    assert tracking.library_versions() == {"keras": keras.__version__, "tensorflow": tf.__version__}
