@@ -196,15 +196,19 @@ def simple_index_page(wheel_name: str, wheel_bytes: bytes, href: str) -> bytes:
 # ------------------------------------------------------------------------------------------ repository copy
 
 
-def run(cmd: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None):
-    """Run a command the way a user would, with this virtualenv's tools first on PATH.
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give a command: this virtualenv's tools first on PATH, and
+    no MLFLOW_* variables of the developer's shell, so tests never log to a real server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return env | extra
 
-    MLFLOW_* variables of the developer's shell are dropped, so tests never log to a real server.
-    """
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    full_env.update(env or {})
-    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
+
+def run(cmd: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None):
+    """Run a command the way a user would (see `user_env`), capturing its output."""
+    result = subprocess.run(
+        cmd, cwd=cwd, env=user_env(**(env or {})), capture_output=True, text=True, check=False
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_repository, ran_stages, run, set_params
+from conftest import copy_repository, ran_stages, run, set_params, user_env
 
 pytestmark = pytest.mark.slow
 
@@ -130,12 +128,10 @@ def test_killed_training_resumes_from_its_last_finished_epoch(trained):
     set_params(trained, train={"epochs": 20})
     state = trained / "data" / "train_state"
     previous_model = (trained / "data" / "model" / "model.keras").read_bytes()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     process = subprocess.Popen(
         ["python", "-m", "stages.train"],
         cwd=trained,
-        env=env,
+        env=user_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
