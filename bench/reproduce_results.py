@@ -6,6 +6,7 @@ run whose `dvc.experiment` tag is the experiment's name). It takes about an hour
 
     python bench/reproduce_results.py                  # every preset
     python bench/reproduce_results.py mlp cnn          # some presets
+    python bench/reproduce_results.py best_cnn:fashion_mnist   # one preset on one dataset
     python bench/reproduce_results.py --table-only     # rebuild the table from runs already in MLflow
 """
 
@@ -108,15 +109,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("presets", nargs="*", help="presets to train (default: all)")
+    parser.add_argument("presets", nargs="*", help="presets (or preset:dataset) to train (default: all)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from MLflow")
     args = parser.parse_args()
-    unknown = set(args.presets) - set(PRESETS)
+    choices = {preset for preset, _ in PLAN} | {f"{preset}:{dataset}" for preset, dataset in PLAN}
+    unknown = set(args.presets) - choices
     if unknown:
-        parser.error(f"unknown presets {sorted(unknown)}; choose from {sorted(PRESETS)}")
+        parser.error(f"unknown presets {sorted(unknown)}; choose from {sorted(choices)}")
     if not args.table_only:
         for preset, dataset in PLAN:
-            if not args.presets or preset in args.presets:
+            if not args.presets or {preset, f"{preset}:{dataset}"} & set(args.presets):
                 train(preset, dataset)
     text = table(latest_runs())
     TABLE.write_text(text)

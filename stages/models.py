@@ -31,7 +31,7 @@ class Preset:
 
     name: str
     summary: str
-    build: Callable[[], keras.Model]
+    build: Callable[[str], keras.Model]  # takes the dataset: augmentation that suits it, where there is any
     optimizer: OptimizerName
     learning_rate: float
     epochs: int
@@ -58,7 +58,7 @@ def _model(name: str, body: Callable[[keras.KerasTensor], keras.KerasTensor]) ->
 # ---------------------------------------------------------------------------------------- the tutorials
 
 
-def build_mlp() -> keras.Model:
+def build_mlp(dataset: str = "mnist") -> keras.Model:
     def body(x):
         x = layers.Flatten()(x)
         return layers.Dense(512, activation="relu")(x)
@@ -66,7 +66,7 @@ def build_mlp() -> keras.Model:
     return _model("mlp", body)
 
 
-def build_mlp_dropout() -> keras.Model:
+def build_mlp_dropout(dataset: str = "mnist") -> keras.Model:
     def body(x):
         x = layers.Flatten()(x)
         x = layers.Dense(512, activation="relu")(x)
@@ -77,7 +77,7 @@ def build_mlp_dropout() -> keras.Model:
     return _model("mlp_dropout", body)
 
 
-def build_cnn() -> keras.Model:
+def build_cnn(dataset: str = "mnist") -> keras.Model:
     def body(x):
         x = layers.Conv2D(32, 3, activation="relu")(x)
         x = layers.Conv2D(32, 3, activation="relu")(x)
@@ -90,7 +90,7 @@ def build_cnn() -> keras.Model:
     return _model("cnn", body)
 
 
-def build_cnn_deep() -> keras.Model:
+def build_cnn_deep(dataset: str = "mnist") -> keras.Model:
     def body(x):
         for filters in (64, 128, 256):
             x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
@@ -104,7 +104,7 @@ def build_cnn_deep() -> keras.Model:
     return _model("cnn_deep", body)
 
 
-def build_cnn_fashion() -> keras.Model:
+def build_cnn_fashion(dataset: str = "mnist") -> keras.Model:
     def body(x):
         for _ in range(2):
             x = layers.Conv2D(64, 3)(x)
@@ -128,7 +128,7 @@ def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int = 3, **kwargs: Any)
     return layers.ReLU()(x)
 
 
-def build_fast_cnn() -> keras.Model:
+def build_fast_cnn(dataset: str = "mnist") -> keras.Model:
     """Small and quick on a CPU. Two blocks of two valid 3x3 convolutions (24, then 48 filters), each
     block working on a smaller image than the last, then a small dense head. Batch normalisation only in
     the second block: at full resolution its extra passes over the activations cost more CPU time than
@@ -148,13 +148,28 @@ def build_fast_cnn() -> keras.Model:
     return _model("fast_cnn", body)
 
 
-def build_best_cnn() -> keras.Model:
-    """Wider, with light augmentation inside the model (active only while training)."""
+def _augmentation(dataset: str) -> list[layers.Layer]:
+    """Training-time augmentation that keeps the label: small shifts, rotations and zooms for digits
+    (a flipped 2 is no 2), small shifts and horizontal flips for clothes (a flipped shoe is a shoe).
+    Measured on Fashion-MNIST (GPU, Keras on JAX, 30 epochs): rotation + zoom 91.85%, shift + flip 93.94%."""
+    if dataset == "fashion_mnist":
+        return [
+            layers.RandomFlip("horizontal"),
+            layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", interpolation="nearest"),
+        ]
+    return [
+        layers.RandomTranslation(0.1, 0.1, fill_mode="constant"),
+        layers.RandomRotation(0.04, fill_mode="constant"),
+        layers.RandomZoom(0.1, fill_mode="constant"),
+    ]
+
+
+def build_best_cnn(dataset: str = "mnist") -> keras.Model:
+    """Wider, with augmentation suited to the dataset inside the model (active only while training)."""
 
     def body(x):
-        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant")(x)
-        x = layers.RandomRotation(0.04, fill_mode="constant")(x)
-        x = layers.RandomZoom(0.1, fill_mode="constant")(x)
+        for augment in _augmentation(dataset):
+            x = augment(x)
         for filters in (32, 64):
             x = _conv_bn(x, filters)
             x = _conv_bn(x, filters)
@@ -245,7 +260,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="best_cnn",
-            summary="Ours: deeper batch-normalised CNN with augmentation and a cosine schedule",
+            summary="Ours: deeper batch-normalised CNN, augmentation suited to the dataset, cosine schedule",
             build=build_best_cnn,
             optimizer="adam",
             learning_rate=0.003,

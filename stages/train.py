@@ -234,7 +234,7 @@ def main() -> None:
         state.start(run.info.run_id)
         mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
         with scope:
-            model = _compiled_model(preset, settings, len(train["x"]))
+            model = _compiled_model(preset, meta["dataset"], settings, len(train["x"]))
         counts = parameter_counts(model)
         logged = dict(tracking.flatten(params.model_dump()))
         logged |= {f"effective.{k}": str(v) for k, v in asdict(settings).items()}
@@ -283,8 +283,8 @@ def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
     return {"experiment_id": experiment_id}
 
 
-def _compiled_model(preset: Preset, settings: Settings, n_train: int) -> keras.Model:
-    model = preset.build()
+def _compiled_model(preset: Preset, dataset: str, settings: Settings, n_train: int) -> keras.Model:
+    model = preset.build(dataset)
     steps = settings.epochs * int(np.ceil(n_train / settings.batch_size))
     learning_rate = learning_rate_for(settings.schedule, settings.learning_rate, steps)
     model.compile(

@@ -88,3 +88,18 @@ def test_model_code_is_backend_neutral():
         if isinstance(node, ast.ImportFrom) and node.module
     }
     assert not imported & {"tensorflow", "jax", "torch"}
+
+
+def test_best_cnn_augments_each_dataset_in_a_label_preserving_way():
+    """A flipped digit can change its class; a flipped garment cannot: flips only for Fashion-MNIST."""
+
+    def augmentations(dataset):
+        model = PRESETS["best_cnn"].build(dataset)
+        return {type(layer).__name__ for layer in model.layers if type(layer).__name__.startswith("Random")}
+
+    assert augmentations("mnist") == {"RandomTranslation", "RandomRotation", "RandomZoom"}
+    assert augmentations("fashion_mnist") == {"RandomFlip", "RandomTranslation"}
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    model = PRESETS["best_cnn"].build("fashion_mnist")
+    assert model.count_params() == PRESETS["best_cnn"].build("mnist").count_params()
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
