@@ -114,6 +114,19 @@ class EvaluateConfig(_Section):
     misclassified_examples: Annotated[int, Field(ge=0, le=400)] = 36
 
 
+class ReportConfig(_Section):
+    """What the report compares the run with."""
+
+    compare_runs: Annotated[int, Field(ge=0, le=200)] = 10  # earlier runs of the experiment in its table
+
+
+class PromoteConfig(_Section):
+    """When a new model version becomes the `champion` (see stages/promote.py)."""
+
+    alias: str = Field(default="champion", min_length=1, pattern=r"^[A-Za-z][\w\-]*$")
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # test accuracy it must beat the champion's by
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -122,6 +135,8 @@ class Params(_Section):
     preprocess: PreprocessConfig = PreprocessConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -48,3 +48,9 @@ def model_file(root: Path = MODEL_DIR) -> Path:
 def run_record(root: Path = MODEL_DIR) -> Path:
     """JSON with the MLflow run id that train created, for evaluate and report to log into."""
     return root / "run.json"
+
+
+REPORT_MD = METRICS / "report.md"  # git-tracked; links the PNGs beside it
+TRAIN_CURVES_PNG = METRICS / "train_curves.png"
+REPORT_DIR = DATA / "report"
+REPORT_HTML = REPORT_DIR / "report.html"  # self-contained: images embedded

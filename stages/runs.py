@@ -1,0 +1,146 @@
+"""Reading runs back from MLflow as a pandas table: shared by the report, `mnist-runs` and `mnist-promote`.
+
+`mnist-runs` prints the last N runs of the pipeline's experiment: preset, the params that differ between
+them, parameter counts, validation and test accuracy, training time and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import pandas as pd
+
+from stages import tracking
+from stages.errors import StageError, run_stage
+
+log = logging.getLogger(__name__)
+
+# Columns of mlflow.search_runs' frame -> the comparison table's headings.
+SUMMARY_COLUMNS = {
+    "tags.preset": "preset",
+    "params.data.dataset": "dataset",
+    "params.model.params.total": "params",
+    "params.model.params.trainable": "trainable",
+    "metrics.final_epochs": "epochs",
+    "metrics.final_val_accuracy": "val acc",
+    "metrics.test_accuracy": "test acc",
+    "metrics.final_train_time_s": "train s",
+    "tags.git.commit": "commit",
+}
+# Params that say nothing about what was trained (or are already in the summary columns).
+_NOT_COMPARED_PREFIXES = ("params.effective.", "params.model.params.", "params.data.")
+_NOT_COMPARED = {"params.train.model", "params.evaluate.misclassified_examples", "params.report.compare_runs"}
+
+
+def search(
+    experiment: str = tracking.EXPERIMENT, limit: int = 10, run_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """The newest finished runs of the experiment (or the given runs), newest first; empty if none."""
+    import mlflow
+
+    filters = ["attributes.status = 'FINISHED'"]
+    if run_ids:
+        filters.append("attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in run_ids) + ")")
+    if limit <= 0 and not run_ids:
+        return pd.DataFrame()
+    return mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=" AND ".join(filters),
+        max_results=max(limit, len(run_ids or [])),
+        order_by=["attributes.start_time DESC"],
+    )
+
+
+def differing_params(runs: pd.DataFrame) -> list[str]:
+    """The params.yaml keys whose values are not the same in every run (the interesting ones)."""
+    columns = []
+    for column in runs.columns:
+        if not column.startswith("params.") or column in _NOT_COMPARED:
+            continue
+        if column.startswith(_NOT_COMPARED_PREFIXES) or column.startswith("params.promote."):
+            continue
+        if runs[column].fillna("").astype(str).nunique() > 1:
+            columns.append(column)
+    return columns
+
+
+def comparison(runs: pd.DataFrame, marks: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per run: a short id, when, an optional mark (`this run`, `champion`), the summary columns and
+    the params that differ. Missing figures stay empty rather than failing the table."""
+    if runs.empty:
+        return pd.DataFrame(columns=["run", "started", *SUMMARY_COLUMNS.values()])
+    table = pd.DataFrame(
+        {
+            "run": runs["run_id"].str[:8],
+            "started": pd.to_datetime(runs["start_time"]).dt.strftime("%Y-%m-%d %H:%M"),
+        }
+    )
+    if marks:
+        table.insert(1, "", runs["run_id"].map(marks).fillna(""))
+    for column, heading in SUMMARY_COLUMNS.items():
+        table[heading] = runs.get(column)
+    for column in differing_params(runs):
+        table[column.removeprefix("params.")] = runs[column]
+    for heading in ("val acc", "test acc"):
+        table[heading] = table[heading].map(_percent)
+    table["train s"] = table["train s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    table["epochs"] = table["epochs"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    table["commit"] = table["commit"].fillna("").str[:8]
+    return table.fillna("")
+
+
+def _percent(value: Any) -> str:
+    return "" if value is None or pd.isna(value) else f"{100 * float(value):.2f}%"
+
+
+def champion_run_id(model_name: str, alias: str) -> tuple[str | None, str | None]:
+    """(version, run id) of the model version the alias points at, or (None, None) if there is none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException:  # no such model, or no such alias: no champion yet
+        return None, None
+    return version.version, version.run_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mnist-runs",
+        description="Print the last runs of the pipeline from MLflow, with the params that differ.",
+    )
+    parser.add_argument("-n", "--last", type=int, default=10, help="how many runs (default 10)")
+    parser.add_argument("--experiment", default=tracking.EXPERIMENT, help="MLflow experiment name")
+    parser.add_argument(
+        "--format", choices=("plain", "markdown", "csv"), default="plain", help="table format (default plain)"
+    )
+    args = parser.parse_args(argv)
+    if args.last < 1:
+        parser.error("--last must be at least 1")
+    tracking.connect(args.experiment)
+    runs = search(args.experiment, args.last)
+    if runs.empty:
+        raise StageError(
+            f"no finished runs in the MLflow experiment {args.experiment!r} "
+            f"at {tracking.redact(tracking.tracking_uri())}: "
+            "run `dvc repro` first, or set MLFLOW_TRACKING_URI to the store that has them"
+        )
+    table = comparison(runs)
+    if args.format == "markdown":
+        print(table.to_markdown(index=False))
+    elif args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        print(table.to_string(index=False))
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    run_stage(main)
+
+
+if __name__ == "__main__":
+    cli()
