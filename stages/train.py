@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -230,7 +231,9 @@ def main() -> None:
 
     import mlflow
 
-    with mlflow.start_run(**_run_to_resume(state, experiment_id)) as run:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_name = os.environ.get("DVC_EXP_NAME") or f"{preset.name}-{meta['dataset']}-{stamp}"
+    with mlflow.start_run(**_run_to_resume(state, experiment_id, run_name)) as run:
         state.start(run.info.run_id)
         mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
         with scope:
@@ -269,7 +272,7 @@ def main() -> None:
     log.info("trained %s in %.0f s: %s", preset.name, final["train_time_s"], final["val"])
 
 
-def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
+def _run_to_resume(state: TrainState, experiment_id: str, run_name: str) -> dict[str, str]:
     """`mlflow.start_run` arguments: the unfinished run of these checkpoints, or a new run."""
     if (stale := state.stale_run_id()) is not None:
         _mark_killed(stale)
@@ -280,7 +283,8 @@ def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
     if resumed is not None:
         log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
         state.clear()
-    return {"experiment_id": experiment_id}
+    # A name of our own: MLflow's random names repeat, since every RNG is seeded from params.
+    return {"experiment_id": experiment_id, "run_name": run_name}
 
 
 def _compiled_model(preset: Preset, dataset: str, settings: Settings, n_train: int) -> keras.Model:

@@ -44,7 +44,7 @@ def trained(tmp_path_factory) -> Path:
     repo = copy_repository(tmp_path_factory.mktemp("trained") / "repo")
     set_params(repo, **SMALL)
     result = run(["dvc", "repro"], repo)
-    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate"]
+    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate", "report"]
     return repo
 
 
