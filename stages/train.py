@@ -233,7 +233,12 @@ def main() -> None:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_name = os.environ.get("DVC_EXP_NAME") or f"{preset.name}-{meta['dataset']}-{stamp}"
-    with mlflow.start_run(**_run_to_resume(state, experiment_id, run_name)) as run:
+    with mlflow.start_run(**_run_to_resume(state, experiment_id)) as run:
+        if state.run_id is None:
+            # Renamed after the start: MLflow draws its random name from Python's `random`, as Keras draws
+            # layer seeds, so naming the run at start_run would change every preset's initial weights
+            # from those the README's results were measured with.
+            mlflow.set_tag("mlflow.runName", run_name)
         state.start(run.info.run_id)
         mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
         with scope:
@@ -272,7 +277,7 @@ def main() -> None:
     log.info("trained %s in %.0f s: %s", preset.name, final["train_time_s"], final["val"])
 
 
-def _run_to_resume(state: TrainState, experiment_id: str, run_name: str) -> dict[str, str]:
+def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
     """`mlflow.start_run` arguments: the unfinished run of these checkpoints, or a new run."""
     if (stale := state.stale_run_id()) is not None:
         _mark_killed(stale)
@@ -283,8 +288,7 @@ def _run_to_resume(state: TrainState, experiment_id: str, run_name: str) -> dict
     if resumed is not None:
         log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
         state.clear()
-    # A name of our own: MLflow's random names repeat, since every RNG is seeded from params.
-    return {"experiment_id": experiment_id, "run_name": run_name}
+    return {"experiment_id": experiment_id}
 
 
 def _compiled_model(preset: Preset, dataset: str, settings: Settings, n_train: int) -> keras.Model:

@@ -1,0 +1,147 @@
+"""Time to accuracy: how long each preset trains before its test accuracy reaches a target, measured side by
+side, alternating, several times, each run in a fresh process.
+
+    python bench/time_to_accuracy.py                       # fast_cnn and cnn, 2 rounds, target 99.5%
+    python bench/time_to_accuracy.py --rounds 3 --presets fast_cnn cnn best_cnn
+    python bench/time_to_accuracy.py --quick               # 1 round of 2 epochs each, a smoke test
+
+It trains exactly as the train stage does (the same preset, optimizer, schedule, batch size, seeds and
+deterministic ops, on data/prepared from `dvc repro preprocess` with the default params), and after every
+epoch measures test accuracy, outside the timed part. A benchmark may look at the test set after each epoch;
+the pipeline never does. Rounds alternate the order of the presets, so that neither always runs first on a
+machine that warms up or slows down. Results: bench/time_to_accuracy.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "time_to_accuracy.json"
+
+
+def one_run(preset_name: str, epochs: int | None) -> dict:
+    """Train one preset in this process; per-epoch training time and test accuracy."""
+    import keras
+
+    from stages import hardware, paths
+    from stages.config import TrainConfig
+    from stages.io import load_npz
+    from stages.models import PRESETS
+    from stages.train import Settings, _compiled_model
+
+    preset = PRESETS[preset_name]
+    settings = Settings.resolve(preset, TrainConfig(model=preset_name, epochs=epochs))
+    device, scope = hardware.configure(42, False)
+    train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
+    test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
+    with scope:
+        model = _compiled_model(preset, "mnist", settings, len(train["x"]))
+
+    class Clock(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started  # the epoch's training only
+            predicted = self.model.predict(test["x"], batch_size=1000, verbose=0).argmax(axis=1)
+            accuracy = float((predicted == test["label"]).mean())
+            self.rows.append({"epoch": epoch + 1, "train_s": seconds, "test_accuracy": accuracy})
+
+    clock = Clock()
+    model.fit(train["x"], train["y"], batch_size=settings.batch_size, epochs=settings.epochs, verbose=0,
+              callbacks=[clock])  # fmt: skip
+    return {"preset": preset_name, "device": device, "epochs": clock.rows}
+
+
+def time_to(rows: list[dict], target: float) -> float | None:
+    """Cumulative training seconds until the first epoch whose test accuracy reaches the target."""
+    elapsed = 0.0
+    for row in rows:
+        elapsed += row["train_s"]
+        if row["test_accuracy"] >= target:
+            return elapsed
+    return None
+
+
+def summarise(runs: list[dict], target: float) -> str:
+    lines = [
+        f"| preset | rounds | time to {target:.2%} (median, min-max) | final test accuracy | total training "
+        "time (median, min-max) |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
+    by_preset: dict[str, list[dict]] = {}
+    for run in runs:
+        by_preset.setdefault(run["preset"], []).append(run)
+    totals = {}
+    for preset, group in by_preset.items():
+        reach = [time_to(r["epochs"], target) for r in group]
+        total = [sum(row["train_s"] for row in r["epochs"]) for r in group]
+        totals[preset] = total
+        finals = sorted({f"{r['epochs'][-1]['test_accuracy']:.2%}" for r in group})
+        reached = [t for t in reach if t is not None]
+        reach_text = (
+            f"{statistics.median(reached):.0f} s ({min(reached):.0f}-{max(reached):.0f})"
+            + ("" if len(reached) == len(reach) else f", reached in {len(reached)} of {len(reach)}")
+            if reached
+            else "not reached"
+        )
+        lines.append(
+            f"| {preset} | {len(group)} | {reach_text} | {', '.join(finals)} | "
+            f"{statistics.median(total):.0f} s ({min(total):.0f}-{max(total):.0f}) |"
+        )
+    if {"fast_cnn", "cnn"} <= set(totals):
+        pairs = [f / c for f, c in zip(totals["fast_cnn"], totals["cnn"], strict=False)]
+        lines.append(
+            f"\nfast_cnn / cnn total training time, per round: {', '.join(f'{p:.2f}' for p in pairs)} "
+            f"(median {statistics.median(pairs):.2f})"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", nargs="+", default=["fast_cnn", "cnn"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--target", type=float, default=0.995)
+    parser.add_argument("--quick", action="store_true", help="1 round, 2 epochs per preset")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: train this preset
+    parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_run(args.one, args.epochs)))
+        return
+    rounds, epochs = (1, 2) if args.quick else (args.rounds, None)
+    runs = []
+    for round_ in range(rounds):
+        order = args.presets if round_ % 2 == 0 else list(reversed(args.presets))
+        for preset in order:
+            extra = ["--epochs", str(epochs)] if epochs else []
+            command = [sys.executable, __file__, "--one", preset, *extra]
+            started = time.monotonic()
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                sys.exit(f"{preset} failed:\n{done.stderr[-3000:]}")
+            run = json.loads(done.stdout.strip().splitlines()[-1]) | {"round": round_ + 1}
+            runs.append(run)
+            print(f"round {round_ + 1} {preset}: {time.monotonic() - started:.0f} s in all, "
+                  f"final test accuracy {run['epochs'][-1]['test_accuracy']:.2%}", flush=True)  # fmt: skip
+    RESULTS.write_text(json.dumps({"target": args.target, "runs": runs}, indent=1) + "\n")
+    print(summarise(runs, args.target))
+
+
+if __name__ == "__main__":
+    main()
