@@ -30,8 +30,14 @@ SUMMARY_COLUMNS = {
     "tags.git.commit": "commit",
 }
 # Params that say nothing about what was trained (or are already in the summary columns).
-_NOT_COMPARED_PREFIXES = ("params.effective.", "params.model.params.", "params.data.")
-_NOT_COMPARED = {"params.train.model", "params.evaluate.misclassified_examples", "params.report.compare_runs"}
+_NOT_COMPARED_PREFIXES = (
+    "params.effective.",
+    "params.model.params.",
+    "params.data.",
+    "params.promote.",
+    "params.report.",
+)
+_NOT_COMPARED = {"params.train.model", "params.evaluate.misclassified_examples"}
 
 
 def search(
@@ -57,9 +63,11 @@ def differing_params(runs: pd.DataFrame) -> list[str]:
     """The params.yaml keys whose values are not the same in every run (the interesting ones)."""
     columns = []
     for column in runs.columns:
-        if not column.startswith("params.") or column in _NOT_COMPARED:
-            continue
-        if column.startswith(_NOT_COMPARED_PREFIXES) or column.startswith("params.promote."):
+        if (
+            not column.startswith("params.")
+            or column in _NOT_COMPARED
+            or column.startswith(_NOT_COMPARED_PREFIXES)
+        ):
             continue
         if runs[column].fillna("").astype(str).nunique() > 1:
             columns.append(column)

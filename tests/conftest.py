@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -251,3 +252,26 @@ def set_params(repo: Path, **sections: dict) -> None:
 def ran_stages(output: str) -> list[str]:
     """The stages `dvc repro` / `dvc exp run` says it ran, in order."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+# ------------------------------------------------------------------------------------------ trained copies
+
+# A real pipeline run small enough for tests: a stratified 1,000-image subset, two short epochs.
+SMALL = {
+    "preprocess": {"val_size": 500, "limit": 1000},
+    "train": {"model": "fast_cnn", "epochs": 2, "batch_size": 64},
+    "evaluate": {"misclassified_examples": 12},
+}
+
+
+def client_for(repo: Path):
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def run_id_of(repo: Path) -> str:
+    return json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]

@@ -16,32 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_repository, ran_stages, run, set_params, user_env
+from conftest import SMALL, client_for, copy_repository, ran_stages, run, run_id_of, set_params, user_env
 from PIL import Image
 
 from stages.predict import load_image
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "preprocess": {"val_size": 500, "limit": 1000},
-    "train": {"model": "fast_cnn", "epochs": 2, "batch_size": 64},
-    "evaluate": {"misclassified_examples": 12},
-}
 MODEL = "mnist-classifier"
-
-
-def client_for(repo: Path):
-    import mlflow
-
-    uri = f"sqlite:///{repo / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def run_id_of(repo: Path) -> str:
-    return json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]
 
 
 @pytest.fixture(scope="module")
