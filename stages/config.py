@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stages.datasets import builtin_source_names
 from stages.errors import ConfigError
@@ -61,19 +69,23 @@ class DataConfig(_Section):
     read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     retries: Annotated[int, Field(ge=0, le=10)] = 2
 
-    @model_validator(mode="after")
-    def _known_sources(self) -> DataConfig:
-        if self.sources is not None:
-            if not self.sources:
-                raise ValueError("sources is empty: list at least one source, or use null for the defaults")
-            allowed = builtin_source_names(self.dataset)
-            for entry in self.sources:
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, sources: list | None, info: ValidationInfo) -> list | None:
+        if sources is None:
+            return None
+        if not sources:
+            raise ValueError("the list is empty: list at least one source, or use null for the defaults")
+        dataset = info.data.get("dataset")  # absent when the dataset itself is invalid (reported there)
+        if dataset is not None:
+            allowed = builtin_source_names(dataset)
+            for entry in sources:
                 if isinstance(entry, str) and entry not in allowed:
                     raise ValueError(
-                        f"unknown source {entry!r} for dataset {self.dataset!r}; "
+                        f"unknown source {entry!r} for dataset {dataset!r}; "
                         f"built-in sources: {', '.join(allowed)} (or a mirror: {{name, format, url}})"
                     )
-        return self
+        return sources
 
 
 class PreprocessConfig(_Section):

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages import paths
+from stages import paths, timing
 from stages.config import load_params
 from stages.datasets import DATASETS, Http, fetch_dataset, sources_for
 from stages.errors import run_stage
@@ -26,8 +26,10 @@ def main() -> None:
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=paths.RAW) as workdir:
         fetched = fetch_dataset(spec, sources_for(cfg), http, Path(workdir))
+    timing.lap("load data")
     save_npz(paths.raw_npz(spec.name), fetched.arrays, compress=True)
     write_json(paths.provenance(spec.name), fetched.provenance)
+    timing.lap("save outputs")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,16 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
+
+_USERINFO_PASSWORD = re.compile(r"(\w+://[^\s:/@]+):[^\s@/]+@")
+
+
+def scrub(text: str) -> str:
+    """`text` with the password of every URL in it masked: library errors quote the URL they failed on."""
+    return _USERINFO_PASSWORD.sub(r"\1:***@", text)
 
 
 class StageError(Exception):
@@ -27,11 +35,21 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's `main()` as a program: log to stderr, turn expected failures into a clean exit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what we report
+    from stages import timing
+
+    timing.start()
     try:
         main()
+        timing.record(_stage_name())
     except StageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         sys.exit(130)
+
+
+def _stage_name() -> str:
+    """`train` for `python -m stages.train`."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return (spec.name if spec else sys.argv[0]).rsplit(".", 1)[-1]

@@ -25,30 +25,18 @@ from sklearn.metrics import (
     log_loss,
 )
 
-from stages import paths, tracking
+from stages import paths, timing, tracking
 from stages.config import load_params
-from stages.errors import StageError, run_stage
-from stages.io import atomic_path, load_json, load_npz, write_json
+from stages.errors import run_stage
+from stages.io import atomic_path, load_json, load_model, load_npz, write_json
 
 log = logging.getLogger(__name__)
-
-
-def load_model(path: Path):
-    """The saved model, loaded with Keras' safe mode (no arbitrary code), or a clear error."""
-    import keras
-
-    if not path.exists():
-        raise StageError(f"{path} is missing: rerun `dvc repro train`")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except Exception as exc:  # Keras raises ValueError, OSError, zipfile and h5py errors for a bad file
-        reason = type(exc).__name__
-        raise StageError(f"{path} is corrupt or unreadable ({reason}): rerun `dvc repro train`") from exc
 
 
 def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Test loss and accuracy, and per-class precision, recall, F1 and support."""
     predicted = probabilities.argmax(axis=1)
+    timing.lap("compute")
     report = classification_report(
         labels,
         predicted,
@@ -126,9 +114,11 @@ def main() -> None:
     class_names: list[str] = load_json(paths.prepared_meta(), produced_by="preprocess")["class_names"]
     run_id = load_json(paths.run_record(), produced_by="train")["run_id"]
     tracking.connect()  # fails in seconds if the store is unusable
+    timing.lap("mlflow")
     model = load_model(paths.model_file())
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     labels = test["label"].astype(np.int64)
+    timing.lap("load data")
 
     probabilities = np.asarray(model.predict(test["x"], batch_size=1000, verbose=0), dtype=np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
@@ -141,6 +131,7 @@ def main() -> None:
     save_confusion(labels, predicted, class_names)
     save_misclassified(test["x"], labels, probabilities, class_names, params.evaluate.misclassified_examples)
     write_json(paths.EVAL_METRICS, results)
+    timing.lap("save outputs")
 
     import mlflow
 
@@ -153,6 +144,7 @@ def main() -> None:
         for path in (paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         mlflow.log_table(per_class.reset_index(), artifact_file="evaluation/per_class.json")
+    timing.lap("mlflow")
     test_results = results["test"]
     log.info("test accuracy %.4f (%d errors)", test_results["accuracy"], test_results["errors"])
 

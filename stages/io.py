@@ -62,8 +62,9 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
         _remove(tmp)
         if isinstance(exc, OSError):
             raise StageError(
-                f"writing {dest} failed ({exc.strerror or exc}); the previous {dest.name}, if any, is "
-                f"unchanged. Free some space or fix the permissions of {dest.parent} and rerun."
+                f"writing {dest} failed ({exc.strerror or exc}); nothing was replaced, so the earlier "
+                f"outputs are as they were. Free some space (or fix the permissions of {dest.parent}) and "
+                "rerun."
             ) from exc
         raise
 
@@ -101,6 +102,29 @@ def load_npz(path: Path | str, keys: tuple[str, ...], *, produced_by: str) -> di
             return {key: npz[key] for key in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise StageError(f"{path} is corrupt or truncated ({exc}): {rerun}") from exc
+
+
+def load_model(path: Path | str, *, produced_by: str = "train"):
+    """A saved `.keras` model, loaded in Keras' safe mode, or a message that says what is wrong.
+
+    Safe mode refuses models that would run arbitrary Python when loaded (a Lambda layer's pickled code):
+    a model file is data, and it may come from a shared cache or remote.
+    """
+    import keras
+
+    path = Path(path)
+    rerun = f"rerun `dvc repro {produced_by}` to rebuild it"
+    if not path.exists():
+        raise StageError(f"{path} is missing: {rerun}")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile and h5py errors for a bad file
+        if "safe_mode" in str(exc):
+            raise StageError(
+                f"{path} holds code that would run when loaded (e.g. a Lambda layer); refusing it in safe "
+                f"mode. Load only models you trust; {rerun}"
+            ) from exc
+        raise StageError(f"{path} is corrupt or unreadable ({type(exc).__name__}): {rerun}") from exc
 
 
 def load_json(path: Path | str, *, produced_by: str) -> Any:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import keras
+import numpy as np
 from keras import layers
 
 if TYPE_CHECKING:
-    from stages.config import OptimizerName
+    from stages.config import OptimizerName, TrainConfig
     from stages.config import ScheduleName as Schedule
 
 NUM_CLASSES = 10
@@ -303,3 +304,50 @@ def learning_rate_for(
             alpha=0.01,
         )
     return learning_rate
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The training settings in effect: the preset's, with params.yaml's overrides applied."""
+
+    optimizer: str
+    learning_rate: float
+    optimizer_options: dict[str, Any]
+    epochs: int
+    batch_size: int
+    schedule: str
+    early_stopping_patience: int | None
+
+    @classmethod
+    def for_preset(cls, preset: Preset, **overrides: Any) -> Settings:
+        """The preset's own settings, with some replaced (`epochs=2`): what the benchmarks train with."""
+        from stages.config import TrainConfig
+
+        return cls.resolve(preset, TrainConfig(model=preset.name, **overrides))
+
+    @classmethod
+    def resolve(cls, preset: Preset, cfg: TrainConfig) -> Settings:
+        optimizer = cfg.optimizer or preset.optimizer
+        return cls(
+            optimizer=optimizer,
+            learning_rate=cfg.learning_rate if cfg.learning_rate is not None else preset.learning_rate,
+            # the preset's optimizer internals belong to its optimizer: drop them if another is chosen
+            optimizer_options=dict(preset.optimizer_options) if optimizer == preset.optimizer else {},
+            epochs=cfg.epochs or preset.epochs,
+            batch_size=cfg.batch_size or preset.batch_size,
+            schedule=cfg.schedule or preset.schedule,
+            early_stopping_patience=cfg.early_stopping_patience or preset.early_stopping_patience,
+        )
+
+
+def compiled_model(preset: Preset, dataset: str, settings: Settings, n_train: int) -> keras.Model:
+    """The preset's model for `dataset`, compiled with `settings` (a schedule spans all training steps)."""
+    model = preset.build(dataset)
+    steps = settings.epochs * int(np.ceil(n_train / settings.batch_size))
+    learning_rate = learning_rate_for(settings.schedule, settings.learning_rate, steps)
+    model.compile(
+        optimizer=make_optimizer(settings.optimizer, learning_rate, **settings.optimizer_options),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

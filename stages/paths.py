@@ -10,6 +10,7 @@ RAW = DATA / "raw"
 PREPARED = DATA / "prepared"
 METRICS = Path("metrics")
 
+PARAMS_CHECKED = DATA / "params.checked"  # written by check_params, constant
 DATA_METRICS = METRICS / "data.json"
 SPLITS = ("train", "val", "test")
 

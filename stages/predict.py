@@ -22,6 +22,7 @@ import numpy as np
 from stages import paths, tracking
 from stages.datasets import DATASETS
 from stages.errors import StageError, run_stage
+from stages.io import load_model
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,9 @@ class Classifier:
         self.source = source
         self.class_names: list[str] = [str(i) for i in range(10)]
         if source.endswith(".keras"):
-            import keras
-
             if not Path(source).exists():
                 raise StageError(f"{source} is missing: run `dvc repro` first, or pass --model")
-            self._model = keras.saving.load_model(source, safe_mode=True)
+            self._model = load_model(source)
             self._predict = lambda x: self._model.predict(x, verbose=0)
             meta = paths.prepared_meta()
             if meta.exists():
@@ -86,7 +85,7 @@ class Classifier:
             try:
                 self._model = mlflow.pyfunc.load_model(source)
             except Exception as exc:  # MlflowException for an unknown name, alias or run
-                raise StageError(f"cannot load the model {source}: {str(exc).splitlines()[0]}") from exc
+                raise StageError(f"cannot load the model {source}: {tracking.describe(exc)}") from exc
             import keras
 
             keras.utils.disable_interactive_logging()  # the flavour's predict would draw a progress bar

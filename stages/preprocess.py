@@ -13,7 +13,7 @@ import logging
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from stages import paths
+from stages import paths, timing
 from stages.config import PreprocessConfig, load_params
 from stages.datasets import ARRAY_NAMES, DATASETS, SourceError, verify
 from stages.errors import ConfigError, StageError, run_stage
@@ -67,6 +67,7 @@ def main() -> None:
         raise StageError(
             f"{paths.raw_npz(spec.name)} is not genuine ({exc}): rerun `dvc repro download`"
         ) from exc
+    timing.lap("load data")
     train_idx, val_idx = split_indices(raw["y_train"], params.preprocess, params.seed)
     splits = {
         "train": (raw["x_train"][train_idx], raw["y_train"][train_idx]),
@@ -77,7 +78,8 @@ def main() -> None:
         split: {"images": len(labels), "per_class": class_counts(labels, spec.class_names)}
         for split, (_, labels) in splits.items()
     }
-    with atomic_path(paths.PREPARED, directory=True) as staging:
+    timing.lap("compute")
+    with atomic_path(paths.PREPARED, directory=True) as staging:  # scaling and one-hot happen as it saves
         for split, (images, labels) in splits.items():
             save_npz(paths.prepared_split(split, staging), to_model_inputs(images, labels))
         write_json(
@@ -92,6 +94,7 @@ def main() -> None:
             },
         )
     write_json(paths.DATA_METRICS, summary)
+    timing.lap("save outputs")
     log.info("prepared %s", ", ".join(f"{split}: {s['images']}" for split, s in summary.items()))
 
 

@@ -22,7 +22,7 @@ import markdown
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from stages import paths, runs, tracking
+from stages import paths, runs, timing, tracking
 from stages.config import Params, load_params
 from stages.errors import StageError, run_stage
 from stages.io import atomic_path, load_json
@@ -181,6 +181,7 @@ def main() -> None:
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise StageError(f"{paths.TRAIN_HISTORY} is unreadable ({exc}): rerun `dvc repro train`") from exc
 
+    timing.lap("load data")
     tracking.connect()
     import mlflow
 
@@ -195,18 +196,22 @@ def main() -> None:
     if champion[1]:
         marks[champion[1]] = "this run, champion" if champion[1] == run_id else "champion"
     comparison = runs.comparison(earlier, marks)
+    timing.lap("mlflow")
 
     save_training_curves(history, paths.TRAIN_CURVES_PNG)
+    timing.lap("compute")
     title = f"{params.train.model} on {meta['dataset']}"
     with atomic_path(paths.REPORT_MD) as tmp:
         tmp.write_text(render(params, run, figures, comparison, champion, _beside_report), encoding="utf-8")
     page = to_html(render(params, run, figures, comparison, champion, _embedded), title)
     with atomic_path(paths.REPORT_DIR, directory=True) as staging:
         (staging / paths.REPORT_HTML.name).write_text(page, encoding="utf-8")
+    timing.lap("save outputs")
 
     with mlflow.start_run(run_id=run_id):
         for path in (paths.REPORT_MD, paths.TRAIN_CURVES_PNG, paths.REPORT_HTML):
             mlflow.log_artifact(str(path), artifact_path="report")
+    timing.lap("mlflow")
     log.info("report: %s and %s", paths.REPORT_MD, paths.REPORT_HTML)
 
 

@@ -15,17 +15,23 @@ import platform
 import re
 import sqlite3
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from stages.errors import ConfigError, StageError
+from stages.errors import ConfigError, StageError, scrub
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "mnist-pipeline"  # the MLflow experiment every pipeline run belongs to
 SQLITE_BUSY_TIMEOUT_S = 60  # for our own one-off connection that switches the file to WAL
+# How long a finished training waits for the store to come back before failing: long enough for a tracking
+# server restart; the trained state is kept either way, so a rerun only sends what is missing.
+PATIENCE_S = 120
+RETRY_EVERY_S = 5
+T = TypeVar("T")
 _EXPS_TMP = (".dvc", "tmp", "exps")
 
 
@@ -97,6 +103,10 @@ def connect(experiment: str = EXPERIMENT) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    if urlsplit(uri).password is not None:
+        # MLflow prints "View run ... at <tracking URI>" when a run ends, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        log.info("tracking to %s", redact(uri))
     _prepare_sqlite(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
@@ -109,14 +119,49 @@ def connect(experiment: str = EXPERIMENT) -> str:
         if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
             return client.get_experiment_by_name(experiment).experiment_id  # created concurrently
         raise StageError(
-            f"the MLflow tracking store {redact(uri)} is not usable: {_first_line(exc)}. "
+            f"the MLflow tracking store {redact(uri)} is not usable: {describe(exc)}. "
             "Start the server (or fix MLFLOW_TRACKING_URI), or unset MLFLOW_TRACKING_URI to use the local "
             "sqlite store, and rerun."
         ) from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+def is_store_error(exc: BaseException) -> bool:
+    """An error of the tracking store or the way to it (rather than a bug): worth a retry or a message."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException | requests.RequestException)
+
+
+def store_failure(what: str, exc: BaseException) -> StageError:
+    """The message for a store that stopped answering mid-stage: which store, and what a rerun does."""
+    return StageError(
+        f"{what} failed: the MLflow tracking store {redact(tracking_uri())} did not answer "
+        f"({describe(exc)}). Nothing is lost: the finished epochs are kept in data/train_state. Once the "
+        "store is back, rerun `dvc repro`; training resumes where it stopped and sends what is missing."
+    )
+
+
+def retrying(action: Callable[[], T], what: str, patience_s: float = PATIENCE_S) -> T:
+    """`action()`, retried while the store does not answer, for up to `patience_s`; then a StageError."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            left = deadline - time.monotonic()
+            if not is_store_error(exc):
+                raise
+            if left <= 0:
+                raise store_failure(what, exc) from exc
+            log.warning("%s: the tracking store did not answer (%s); retrying for %.0f s", what,
+                        describe(exc), left)  # fmt: skip
+            time.sleep(min(RETRY_EVERY_S, max(left, 0.1)))
+
+
+def describe(exc: BaseException) -> str:
+    """The first line of an error, passwords masked: fit for a log line or a message."""
+    text = scrub(str(exc)).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
 

@@ -3,7 +3,8 @@
 One MLflow run per trained model: created here, its id written into data/model/run.json for evaluate and
 report. Every finished epoch is checkpointed under data/train_state/, so a killed run, rerun with the same
 params and data, continues from its last finished epoch (in the same MLflow run) instead of restarting.
-The test split is never read here.
+A tracking store that stops answering mid-training costs nothing: the epochs it missed are sent once it
+answers again (at the end, or by the rerun). The test split is never read here.
 """
 
 from __future__ import annotations
@@ -17,49 +18,22 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from stages import hardware, paths, tracking
-from stages.config import Params, TrainConfig, load_params
+from stages import hardware, paths, timing, tracking
+from stages.config import Params, load_params
 from stages.errors import StageError, run_stage
 from stages.io import atomic_path, load_json, load_npz, write_json
-from stages.models import PRESETS, Preset, learning_rate_for, make_optimizer
+from stages.models import PRESETS, Settings, compiled_model
 
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The training settings in effect: the preset's, with params.yaml's overrides applied."""
-
-    optimizer: str
-    learning_rate: float
-    optimizer_options: dict[str, Any]
-    epochs: int
-    batch_size: int
-    schedule: str
-    early_stopping_patience: int | None
-
-    @classmethod
-    def resolve(cls, preset: Preset, cfg: TrainConfig) -> Settings:
-        optimizer = cfg.optimizer or preset.optimizer
-        return cls(
-            optimizer=optimizer,
-            learning_rate=cfg.learning_rate if cfg.learning_rate is not None else preset.learning_rate,
-            # the preset's optimizer internals belong to its optimizer: drop them if another is chosen
-            optimizer_options=dict(preset.optimizer_options) if optimizer == preset.optimizer else {},
-            epochs=cfg.epochs or preset.epochs,
-            batch_size=cfg.batch_size or preset.batch_size,
-            schedule=cfg.schedule or preset.schedule,
-            early_stopping_patience=cfg.early_stopping_patience or preset.early_stopping_patience,
-        )
 
 
 class TrainState:
@@ -68,9 +42,11 @@ class TrainState:
     It is only resumed when its fingerprint (params, data, code-relevant settings) matches this run's.
     """
 
+    KEEP = 2  # finished checkpoints kept: the newest, and one to fall back on if it proves unreadable
+
     def __init__(self, root: Path, fingerprint: str) -> None:
         self.root = root
-        self.backup_dir = root / "backup"
+        self.checkpoint_dir = root / "checkpoints"
         self.history_csv = root / "history.csv"
         self._fingerprint_file = root / "fingerprint"
         self._run_id_file = root / "run_id"
@@ -111,9 +87,50 @@ class TrainState:
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Finished checkpoints, newest first. A name is only ever given to a completely written file."""
+        found = [(int(p.name.split(".")[0].removeprefix("epoch-")), p)
+                 for p in self.checkpoint_dir.glob("epoch-*.weights.h5")]  # fmt: skip
+        return sorted(found, reverse=True)
+
+    def save_checkpoint(self, model: keras.Model, epoch: int) -> None:
+        """Model and optimizer weights after `epoch`, written under a temporary name and then renamed,
+        so that a kill at any moment leaves the previous checkpoint whole (Keras' BackupAndRestore
+        overwrites its one file in place, and a kill during that write loses the run's progress)."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for partial in self.checkpoint_dir.glob("partial-*"):
+            partial.unlink()
+        partial = self.checkpoint_dir / f"partial-{epoch:04d}.weights.h5"
+        try:
+            model.save_weights(partial)
+            partial.replace(self.checkpoint_dir / f"epoch-{epoch:04d}.weights.h5")
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StageError(
+                f"cannot write the checkpoint of epoch {epoch} in {self.checkpoint_dir} ({exc}); free some "
+                "space and rerun: training resumes from the last checkpoint written"
+            ) from exc
+        for _, old in self.checkpoints()[self.KEEP :]:
+            old.unlink()
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the newest readable checkpoint into `model`; the number of epochs it has finished."""
+        for epoch, path in self.checkpoints():
+            try:
+                if not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)
+                model.load_weights(path)
+            except Exception as exc:  # h5py and Keras raise OSError, ValueError... for a damaged file
+                log.warning("checkpoint %s is unreadable (%s); trying an older one", path.name, exc)
+                continue
+            log.info("restored the weights after epoch %d", epoch)
+            return epoch
+        return 0
+
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: one history row on disk (survives a kill) and one batched MLflow call."""
+    """After each epoch: a history row and a checkpoint on disk (both survive a kill), then one batched
+    MLflow call, which may fail without stopping the training."""
 
     def __init__(self, state: TrainState, run_id: str) -> None:
         super().__init__()
@@ -135,7 +152,14 @@ class EpochRecorder(keras.callbacks.Callback):
             if new_file:
                 writer.writeheader()
             writer.writerow({"epoch": epoch + 1, **row})
-        mlflow.log_metrics(row, step=epoch + 1, run_id=self.run_id)
+        self.state.save_checkpoint(self.model, epoch + 1)  # after the history row: see history()
+        try:
+            mlflow.log_metrics(row, step=epoch + 1, run_id=self.run_id)
+        except Exception as exc:
+            if not tracking.is_store_error(exc):
+                raise
+            log.warning("epoch %d was not sent to MLflow (%s); it is kept on disk and sent later",
+                        epoch + 1, tracking.describe(exc))  # fmt: skip
 
 
 def parameter_counts(model: keras.Model) -> dict[str, int]:
@@ -163,13 +187,7 @@ def callbacks_for(
     settings: Settings, state: TrainState, run_id: str, has_val: bool
 ) -> list[keras.callbacks.Callback]:
     monitor = "val_accuracy" if has_val else "accuracy"
-    callbacks: list[keras.callbacks.Callback] = [
-        EpochRecorder(state, run_id),
-        # after the recorder, so an epoch is in the history before its checkpoint exists
-        keras.callbacks.BackupAndRestore(
-            str(state.backup_dir), double_checkpoint=True, delete_checkpoint=False
-        ),
-    ]
+    callbacks: list[keras.callbacks.Callback] = [EpochRecorder(state, run_id)]
     if settings.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -224,16 +242,19 @@ def main() -> None:
     meta = load_json(paths.prepared_meta(), produced_by="preprocess")
     device, scope = hardware.configure(params.seed, params.train.mixed_precision)
     experiment_id = tracking.connect()  # fails in seconds if the store is unusable
+    timing.lap("mlflow")
     train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
     val = load_npz(paths.prepared_split("val"), ("x", "y"), produced_by="preprocess")
     val_or_none = val if len(val["x"]) else None
     state = TrainState(paths.TRAIN_STATE, fingerprint(params, meta["content_sha256"]))
+    timing.lap("load data")
 
     import mlflow
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_name = os.environ.get("DVC_EXP_NAME") or f"{preset.name}-{meta['dataset']}-{stamp}"
-    with mlflow.start_run(**_run_to_resume(state, experiment_id)) as run:
+    try:
+        run = mlflow.start_run(**_run_to_resume(state, experiment_id))
         if state.run_id is None:
             # Renamed after the start: MLflow draws its random name from Python's `random`, as Keras draws
             # layer seeds, so naming the run at start_run would change every preset's initial weights
@@ -241,40 +262,104 @@ def main() -> None:
             mlflow.set_tag("mlflow.runName", run_name)
         state.start(run.info.run_id)
         mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
+    except Exception as exc:
+        if tracking.is_store_error(exc):
+            raise tracking.store_failure("starting the MLflow run", exc) from exc
+        raise
+    run_id = run.info.run_id
+    timing.lap("mlflow")
+    try:
         with scope:
-            model = _compiled_model(preset, meta["dataset"], settings, len(train["x"]))
+            model = compiled_model(preset, meta["dataset"], settings, len(train["x"]))
+            finished_epochs = state.restore(model)
+        timing.lap("compute")
         counts = parameter_counts(model)
         logged = dict(tracking.flatten(params.model_dump()))
         logged |= {f"effective.{k}": str(v) for k, v in asdict(settings).items()}
         logged |= {f"model.params.{k}": str(v) for k, v in counts.items()}
         tracking.check_no_secrets(logged)
-        mlflow.log_params(logged)
-        mlflow.log_text(layer_summary(model), "model_summary.txt")
+        tracking.retrying(lambda: mlflow.log_params(logged), "logging the params")
+        tracking.retrying(lambda: mlflow.log_text(layer_summary(model), "model_summary.txt"), "logging")
+        timing.lap("mlflow")
 
+        fit_started = time.perf_counter()
         model.fit(
             train["x"],
             train["y"],
             batch_size=settings.batch_size,
             epochs=settings.epochs,
+            initial_epoch=finished_epochs,
             validation_data=None if val_or_none is None else (val["x"], val["y"]),
-            callbacks=callbacks_for(settings, state, run.info.run_id, has_val=val_or_none is not None),
+            callbacks=callbacks_for(settings, state, run_id, has_val=val_or_none is not None),
             verbose=1 if sys.stdout.isatty() else 2,
         )
+        fit_s = time.perf_counter() - fit_started
+        timing.lap("fit")
         history = state.history()
         final = _final_metrics(model, history, val_or_none, settings.batch_size, counts)
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if isinstance(v, float | int)})
-        mlflow.log_metrics(
-            {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()}
-        )
-
+        final["fit_time_s"] = round(fit_s, 2)  # model.fit's wall time, callbacks included (this process's)
+        timing.lap("compute")
+        # the local outputs first: they need no tracking store
         with atomic_path(paths.MODEL_DIR, directory=True) as staging:
             model.save(paths.model_file(staging))
-            write_json(paths.run_record(staging), {"run_id": run.info.run_id, "experiment_id": experiment_id})
+            write_json(paths.run_record(staging), {"run_id": run_id, "experiment_id": experiment_id})
         _write_history_csv(history)
         write_json(paths.TRAIN_METRICS, final)
-        log_model(model, (val_or_none or train)["x"][:2], run.info.run_id, params.train.registered_model)
+        timing.lap("save outputs")
+        example = (val_or_none or train)["x"][:2]
+        tracking.retrying(
+            lambda: _complete_run(run_id, history, final, model, example, params.train.registered_model),
+            "recording the trained model in MLflow",
+        )
+    except BaseException as exc:
+        _end_run_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.retrying(lambda: mlflow.end_run("FINISHED"), "closing the MLflow run")
+    timing.lap("mlflow")
     state.clear()
     log.info("trained %s in %.0f s: %s", preset.name, final["train_time_s"], final["val"])
+
+
+def _complete_run(
+    run_id: str,
+    history: list[dict[str, float]],
+    final: dict[str, Any],
+    model: keras.Model,
+    example: np.ndarray,
+    registered_name: str,
+) -> None:
+    """Everything MLflow should hold once training has finished; safe to repeat after a failure."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    sent = {m.step for m in client.get_metric_history(run_id, "loss")}
+    now = int(time.time() * 1000)
+    missing = [
+        Metric(key, value, now, int(row["epoch"]))
+        for row in history
+        if int(row["epoch"]) not in sent
+        for key, value in row.items()
+        if key != "epoch"
+    ]
+    if missing:
+        log.info("sending %d epoch(s) that MLflow missed", len({m.step for m in missing}))
+        client.log_batch(run_id, metrics=missing)
+    mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if isinstance(v, float | int)})
+    mlflow.log_metrics(
+        {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()}
+    )
+    log_model(model, example, run_id, registered_name)
+
+
+def _end_run_quietly(status: str) -> None:
+    """Mark the run as failed if the store answers; the stage's own error is the one to report."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        log.info("could not mark the MLflow run %s: %s", status, tracking.describe(exc))
 
 
 def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
@@ -289,18 +374,6 @@ def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
         log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
         state.clear()
     return {"experiment_id": experiment_id}
-
-
-def _compiled_model(preset: Preset, dataset: str, settings: Settings, n_train: int) -> keras.Model:
-    model = preset.build(dataset)
-    steps = settings.epochs * int(np.ceil(n_train / settings.batch_size))
-    learning_rate = learning_rate_for(settings.schedule, settings.learning_rate, steps)
-    model.compile(
-        optimizer=make_optimizer(settings.optimizer, learning_rate, **settings.optimizer_options),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _run_exists(run_id: str) -> bool:

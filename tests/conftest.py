@@ -3,6 +3,7 @@ throw-away copy of the repository for end-to-end `dvc repro` runs."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -10,10 +11,12 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -249,6 +252,9 @@ def set_params(repo: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+ALL_STAGES = ["check_params", "download", "preprocess", "train", "evaluate", "report"]  # dvc.yaml's order
+
+
 def ran_stages(output: str) -> list[str]:
     """The stages `dvc repro` / `dvc exp run` says it ran, in order."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
@@ -275,3 +281,46 @@ def client_for(repo: Path):
 
 def run_id_of(repo: Path) -> str:
     return json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], repo: Path, port: int, ready_path: str, timeout_s: float = 180):
+    """Start a server process, wait until `ready_path` answers, stop it afterwards."""
+    log = repo / f"server-{port}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=repo, env=user_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"{command[:3]} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no answer on port {port}:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def mlflow_server(store: Path, port: int) -> list[str]:
+    """The command for a real tracking server on 127.0.0.1 with its own sqlite store and artifacts."""
+    return ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip

@@ -70,7 +70,7 @@ def test_unknown_keys_are_named_with_the_allowed_ones(tmp_path, params, expected
         ({"data": {"retries": "many"}}, "data.retries: Input should be a valid integer"),
         ({"data": {"retries": -1}}, "data.retries: Input should be greater than or equal to 0 (got -1)"),
         ({"data": {"connect_timeout_s": 0}}, "data.connect_timeout_s: Input should be greater than 0"),
-        ({"data": {"sources": []}}, "data: sources is empty"),
+        ({"data": {"sources": []}}, "data.sources: the list is empty"),
         (
             {"data": {"sources": ["pypi", "nope"]}},
             "unknown source 'nope' for dataset 'mnist'; built-in sources: keras,",

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from stages.config import PresetName, TrainConfig
-from stages.models import PRESETS, make_optimizer
-from stages.train import Settings
+from stages.models import PRESETS, Settings, make_optimizer
 
 REFERENCE_COUNTS = {
     "mlp": 407_050,

@@ -31,7 +31,7 @@ def test_dvc_repro_fetches_verifies_and_prepares_real_mnist(repo_copy):
     set_params(repo_copy, preprocess={"val_size": 1000, "limit": 2000})
 
     first = run(["dvc", "repro", "preprocess"], repo_copy)
-    assert ran_stages(first.stdout) == ["download", "preprocess"]
+    assert ran_stages(first.stdout) == ["check_params", "download", "preprocess"]
     assert (
         f"{repo_copy}/stages"
         in run(["python", "-c", "import stages; print(stages.__file__)"], repo_copy).stdout
@@ -54,7 +54,7 @@ def test_dvc_repro_fetches_verifies_and_prepares_real_mnist(repo_copy):
 
     set_params(repo_copy, preprocess={"limit": 3000})
     third = run(["dvc", "repro", "preprocess"], repo_copy)
-    assert ran_stages(third.stdout) == ["preprocess"]
+    assert ran_stages(third.stdout) == ["check_params", "preprocess"]
     check_prepared(repo_copy, n_train=3000, n_val=1000)
     assert "up to date" in run(["dvc", "status", "preprocess"], repo_copy).stdout
 

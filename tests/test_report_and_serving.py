@@ -4,19 +4,26 @@ champion with `mlflow models serve`, and the MLflow UI and the HTML report in a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
-import socket
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL, client_for, copy_repository, ran_stages, run, run_id_of, set_params, user_env
+from conftest import (
+    ALL_STAGES,
+    SMALL,
+    client_for,
+    copy_repository,
+    free_port,
+    ran_stages,
+    run,
+    run_id_of,
+    serving,
+    set_params,
+)
 from PIL import Image
 
 from stages.predict import load_image
@@ -32,11 +39,11 @@ def two_runs(tmp_path_factory) -> tuple[Path, str, str]:
     repo = copy_repository(tmp_path_factory.mktemp("two_runs") / "repo")
     set_params(repo, **SMALL)
     first = run(["dvc", "repro"], repo)
-    assert ran_stages(first.stdout) == ["download", "preprocess", "train", "evaluate", "report"]
+    assert ran_stages(first.stdout) == ALL_STAGES
     first_id = run_id_of(repo)
     set_params(repo, train={"epochs": 1})
     second = run(["dvc", "repro"], repo)
-    assert ran_stages(second.stdout) == ["train", "evaluate", "report"]
+    assert ran_stages(second.stdout) == ["check_params", "train", "evaluate", "report"]
     return repo, first_id, run_id_of(repo)
 
 
@@ -159,39 +166,6 @@ def test_predict_classifies_png_files_and_npz_batches_like_the_model(two_runs, t
 
     missing = run(["mnist-predict", "--model", f"models:/{MODEL}@nobody", files[0]], repo, check=False)
     assert missing.returncode == 1 and "nobody" in missing.stderr and "Traceback" not in missing.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(command: list[str], repo: Path, port: int, ready_path: str, timeout_s: float = 180):
-    """Start a server process, wait until `ready_path` answers, stop it afterwards."""
-    log = repo / f"server-{port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=repo, env=user_env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"{command[:3]} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no answer on port {port}:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_champion_served_by_mlflow_answers_like_the_model(two_runs):

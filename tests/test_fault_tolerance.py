@@ -1,0 +1,263 @@
+"""Faults that must lose nothing: kills at the worst moments, corrupted files, a tracking server that is
+down or restarts, a disk that fills up, and files that would run code when loaded.
+
+Every test starts from one small real pipeline run (`dvc repro` on a stratified subset) and checks what
+a user would: the exit code, the message, what is on disk, and what MLflow holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    REPO,
+    SMALL,
+    FixtureServer,
+    client_for,
+    copy_repository,
+    free_port,
+    mlflow_server,
+    ran_stages,
+    run,
+    run_id_of,
+    serving,
+    set_params,
+    user_env,
+)
+
+from stages.io import load_model
+
+pytestmark = pytest.mark.slow
+
+FAULTS = str(REPO / "tests" / "faults.py")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    repo = copy_repository(tmp_path_factory.mktemp("faults") / "repo")
+    set_params(repo, **SMALL | {"train": SMALL["train"] | {"epochs": 1}})
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+@pytest.fixture
+def repo(base, tmp_path) -> Path:
+    """A private copy of the trained repository (outputs, DVC cache and MLflow store included)."""
+    copy = tmp_path / "repo"
+    shutil.copytree(base, copy, symlinks=True)
+    return copy
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def versions_of(repo: Path, run_id: str) -> list:
+    return client_for(repo).search_model_versions(f"run_id='{run_id}'")
+
+
+def killed_at(repo: Path, point: str) -> subprocess.CompletedProcess:
+    result = run(
+        [sys.executable, FAULTS, point, "stages.train"], repo, check=False, env={"PYTHONPATH": str(repo)}
+    )
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+    return result
+
+
+# ------------------------------------------------------------------------------------------ killed training
+
+
+def test_kill_while_writing_a_checkpoint_resumes_from_the_one_before(repo):
+    set_params(repo, train={"epochs": 4})
+    model_before = digest(repo / "data" / "model" / "model.keras")
+    killed_at(repo, "checkpoint")  # torn mid-write of epoch 2's checkpoint
+    checkpoints = sorted(p.name for p in (repo / "data" / "train_state" / "checkpoints").iterdir())
+    assert checkpoints == ["epoch-0001.weights.h5", "partial-0002.weights.h5"]
+    assert digest(repo / "data" / "model" / "model.keras") == model_before  # never touched
+
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert "restored the weights after epoch 1" in output and "Epoch 2/4" in output
+    assert "Epoch 1/4" not in output
+    run_id = run_id_of(repo)
+    steps = [m.step for m in client_for(repo).get_metric_history(run_id, "accuracy")]
+    assert sorted(set(steps)) == [1, 2, 3, 4]
+    assert len(versions_of(repo, run_id)) == 1
+    load_model(repo / "data" / "model" / "model.keras")
+    assert not (repo / "data" / "train_state").exists()
+
+
+def test_kill_while_writing_the_model_never_exposes_a_partial_file(repo):
+    set_params(repo, train={"epochs": 2})
+    model_dir = repo / "data" / "model"
+    before = {p.name: digest(p) for p in model_dir.iterdir()}
+    killed_at(repo, "model")
+    assert {p.name: digest(p) for p in model_dir.iterdir()} == before  # the previous model, whole
+    torn = list((repo / "data").glob(".model.*.tmp/model.keras"))
+    assert len(torn) == 1  # the torn file exists, under a hidden temporary name no stage reads
+
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert "restored the weights after epoch 2" in output and "Epoch 1/2" not in output
+    assert not list((repo / "data").glob(".model.*"))
+    load_model(model_dir / "model.keras")
+    assert len(versions_of(repo, run_id_of(repo))) == 1
+
+
+def test_kill_after_registering_the_model_does_not_register_it_twice(repo):
+    set_params(repo, train={"epochs": 2})
+    killed_at(repo, "registered")
+    killed_run = (repo / "data" / "train_state" / "run_id").read_text().strip()
+    assert len(versions_of(repo, killed_run)) == 1
+
+    run(["dvc", "repro"], repo)
+    assert run_id_of(repo) == killed_run
+    assert len(versions_of(repo, killed_run)) == 1
+    assert client_for(repo).get_run(killed_run).info.status == "FINISHED"
+
+
+# ------------------------------------------------------------------------------------------ corrupted files
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _alter(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _alter], ids=["truncated", "altered"])
+def test_a_damaged_prepared_file_is_detected_and_rebuilt(repo, damage):
+    prepared = repo / "data" / "prepared" / "train.npz"
+    original = digest(prepared)
+    damage(prepared)
+    assert "modified:" in run(["dvc", "status"], repo).stdout
+
+    train = run([sys.executable, "-m", "stages.train"], repo, check=False)
+    assert train.returncode == 1 and "Traceback" not in train.stderr
+    assert f"{Path('data/prepared/train.npz')} is corrupt or truncated" in train.stderr
+    assert "rerun `dvc repro preprocess`" in train.stderr
+
+    result = run(["dvc", "repro"], repo)
+    assert "train" not in ran_stages(result.stdout)  # rebuilt byte for byte: nothing downstream reruns
+    assert digest(prepared) == original
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+@pytest.mark.parametrize("damage", [_truncate, _alter], ids=["truncated", "altered"])
+def test_a_damaged_model_file_is_detected_and_rebuilt(repo, damage):
+    model = repo / "data" / "model" / "model.keras"
+    original = digest(model)
+    damage(model)
+    assert "modified:" in run(["dvc", "status"], repo).stdout
+
+    evaluate = run([sys.executable, "-m", "stages.evaluate"], repo, check=False)
+    assert evaluate.returncode == 1 and "Traceback" not in evaluate.stderr
+    assert "model.keras is corrupt or unreadable" in evaluate.stderr
+    assert "rerun `dvc repro train`" in evaluate.stderr
+
+    run(["dvc", "repro"], repo)
+    assert digest(model) == original  # same params, data and seed: the same bytes (or DVC's cached copy)
+    load_model(model)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+# ------------------------------------------------------------------------------------------ tracking server
+
+
+def test_train_fails_in_seconds_before_training_when_the_server_is_down(repo):
+    with FixtureServer() as server:
+        closed = server.url("/").rstrip("/")  # nothing listens here once it is closed
+    uri = closed.replace("http://", "http://alice:s3cret@")
+    set_params(repo, train={"epochs": 2})
+    started = time.monotonic()
+    result = run([sys.executable, "-m", "stages.train"], repo, check=False, env={"MLFLOW_TRACKING_URI": uri})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"the MLflow tracking store {closed.replace('http://', 'http://alice:***@')} is not usable" in (
+        result.stderr
+    )
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "Epoch 1/2" not in result.stdout and not (repo / "data" / "train_state").exists()
+    assert elapsed < 60, elapsed  # most of it is importing TensorFlow; MLflow's own retries take minutes
+
+
+def test_a_server_restarted_during_training_gets_a_complete_run(repo, tmp_path):
+    """The server goes away after the first epoch and comes back: training carries on, and MLflow ends
+    with every epoch, the params, the model and exactly one registered version."""
+    store = tmp_path / "server"
+    store.mkdir()
+    port = free_port()
+    uri = f"http://alice:s3cret@127.0.0.1:{port}"  # the password must show up nowhere
+    set_params(repo, train={"epochs": 12})
+    history = repo / "data" / "train_state" / "history.csv"
+    with serving(mlflow_server(store, port), store, port, "/health"):
+        train = subprocess.Popen(
+            [sys.executable, "-m", "stages.train"], cwd=repo, env=user_env(MLFLOW_TRACKING_URI=uri),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 240
+        while not history.exists() or len(history.read_text().splitlines()) < 2:
+            assert train.poll() is None, train.stdout.read()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.2)
+    time.sleep(2)  # the server is down now; training goes on
+    with serving(mlflow_server(store, port), store, port, "/health"):
+        output, _ = train.communicate(timeout=600)
+        assert train.returncode == 0, output[-4000:]
+        assert "s3cret" not in output
+        # epochs ended while it was down (each takes about a second, the restart several): sent later
+        assert "was not sent to MLflow" in output and "that MLflow missed" in output, output[-4000:]
+        import mlflow
+
+        server = f"http://127.0.0.1:{port}"  # the registry too: an earlier test may have set another one
+        client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+        run_id = json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]
+        finished = client.get_run(run_id)
+        assert finished.info.status == "FINISHED"
+        assert sorted({m.step for m in client.get_metric_history(run_id, "accuracy")}) == list(range(1, 13))
+        assert finished.data.params["train.epochs"] == "12" and "final_val_accuracy" in finished.data.metrics
+        assert len(client.search_model_versions(f"run_id='{run_id}'")) == 1, output[-4000:]
+        for value in [*finished.data.params.values(), *finished.data.tags.values()]:
+            assert "s3cret" not in value
+
+
+# ------------------------------------------------------------------------------------------ no room
+
+
+def _file_size_limit(limit_bytes: int):
+    """For a child process: every write past `limit_bytes` fails with EFBIG, as on a full disk."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # report the error instead of killing the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+def test_a_full_disk_fails_clearly_and_leaves_the_earlier_outputs(repo):
+    prepared = repo / "data" / "prepared"
+    before = {p.name: digest(p) for p in prepared.iterdir()}
+    set_params(repo, preprocess={"limit": 2000})  # a new output, which will not fit
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.preprocess"], cwd=repo, env=user_env(), capture_output=True,
+        text=True, preexec_fn=_file_size_limit(1_000_000), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "failed (File too large); nothing was replaced" in result.stderr
+    assert {p.name: digest(p) for p in prepared.iterdir()} == before
+    assert not list((repo / "data").glob(".prepared.*"))
