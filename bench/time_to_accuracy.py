@@ -32,18 +32,16 @@ def one_run(preset_name: str, epochs: int | None) -> dict:
     import keras
 
     from stages import hardware, paths
-    from stages.config import TrainConfig
     from stages.io import load_npz
-    from stages.models import PRESETS
-    from stages.train import Settings, _compiled_model
+    from stages.models import PRESETS, Settings, compiled_model
 
     preset = PRESETS[preset_name]
-    settings = Settings.resolve(preset, TrainConfig(model=preset_name, epochs=epochs))
+    settings = Settings.for_preset(preset, epochs=epochs)
     device, scope = hardware.configure(42, False)
     train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     with scope:
-        model = _compiled_model(preset, "mnist", settings, len(train["x"]))
+        model = compiled_model(preset, "mnist", settings, len(train["x"]))
 
     class Clock(keras.callbacks.Callback):
         def __init__(self) -> None:
