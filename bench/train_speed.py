@@ -100,8 +100,8 @@ def one(side: str, preset: str, epochs: int, scratch: Path) -> dict:
         result = measured(command, cwd=ROOT)
         result |= json.loads(result["output"].strip().splitlines()[-1])
     result.pop("output", None)
-    return {"side": side, "preset": preset, "epochs": epochs, **result,
-            "images_per_s": result["images"] / result["fit_s"]}  # fmt: skip
+    speed = {"images_per_s": result["images"] / result["fit_s"], "epoch_s": result["fit_s"] / epochs}
+    return {"side": side, "preset": preset, "epochs": epochs, **result, **speed}
 
 
 def spread(values: list[float], digits: int = 0) -> str:
@@ -159,7 +159,8 @@ def main() -> None:
                     run = one(side, preset, args.epochs, Path(scratch)) | {"round": round_ + 1}
                     runs.append(run)
                     print(f"round {round_ + 1} {preset} {side}: {run['images_per_s']:.0f} images/s, "
-                          f"{run['wall_s']:.1f} s, {run['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+                          f"{run['epoch_s']:.1f} s per epoch, {run['wall_s']:.1f} s in all, "
+                          f"{run['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
     args.output.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     print(summarise(runs))
 
