@@ -270,6 +270,14 @@ SMALL = {
 }
 
 
+def pipeline_run_once(dest: Path) -> Path:
+    """A fresh copy of the repository whose whole pipeline ran once on SMALL data, for one epoch."""
+    repo = copy_repository(dest)
+    set_params(repo, **SMALL | {"train": SMALL["train"] | {"epochs": 1}})
+    run(["dvc", "repro"], repo)
+    return repo
+
+
 def client_for(repo: Path):
     import mlflow
 

@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 from conftest import (
     REPO,
-    SMALL,
     FixtureServer,
     client_for,
-    copy_repository,
     free_port,
     mlflow_server,
+    pipeline_run_once,
     ran_stages,
     run,
     run_id_of,
@@ -43,10 +42,7 @@ FAULTS = str(REPO / "tests" / "faults.py")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    repo = copy_repository(tmp_path_factory.mktemp("faults") / "repo")
-    set_params(repo, **SMALL | {"train": SMALL["train"] | {"epochs": 1}})
-    run(["dvc", "repro"], repo)
-    return repo
+    return pipeline_run_once(tmp_path_factory.mktemp("faults") / "repo")
 
 
 @pytest.fixture
@@ -140,40 +136,31 @@ def _alter(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _alter], ids=["truncated", "altered"])
-def test_a_damaged_prepared_file_is_detected_and_rebuilt(repo, damage):
-    prepared = repo / "data" / "prepared" / "train.npz"
-    original = digest(prepared)
-    damage(prepared)
-    assert "modified:" in run(["dvc", "status"], repo).stdout
-
-    train = run([sys.executable, "-m", "stages.train"], repo, check=False)
-    assert train.returncode == 1 and "Traceback" not in train.stderr
-    assert f"{Path('data/prepared/train.npz')} is corrupt or truncated" in train.stderr
-    assert "rerun `dvc repro preprocess`" in train.stderr
-
-    result = run(["dvc", "repro"], repo)
-    assert "train" not in ran_stages(result.stdout)  # rebuilt byte for byte: nothing downstream reruns
-    assert digest(prepared) == original
-    assert "up to date" in run(["dvc", "status"], repo).stdout
+DAMAGEABLE = [  # (file, the stage that reads it, what that stage says, the stage that makes it)
+    ("data/prepared/train.npz", "train", "is corrupt or truncated", "preprocess"),
+    ("data/model/model.keras", "evaluate", "is corrupt or unreadable", "train"),
+]
 
 
 @pytest.mark.parametrize("damage", [_truncate, _alter], ids=["truncated", "altered"])
-def test_a_damaged_model_file_is_detected_and_rebuilt(repo, damage):
-    model = repo / "data" / "model" / "model.keras"
-    original = digest(model)
-    damage(model)
+@pytest.mark.parametrize(("name", "reader", "message", "producer"), DAMAGEABLE, ids=["npz", "model"])
+def test_a_damaged_file_is_detected_and_rebuilt(repo, damage, name, reader, message, producer):
+    damaged = repo / name
+    original = digest(damaged)
+    damage(damaged)
     assert "modified:" in run(["dvc", "status"], repo).stdout
 
-    evaluate = run([sys.executable, "-m", "stages.evaluate"], repo, check=False)
-    assert evaluate.returncode == 1 and "Traceback" not in evaluate.stderr
-    assert "model.keras is corrupt or unreadable" in evaluate.stderr
-    assert "rerun `dvc repro train`" in evaluate.stderr
+    result = run([sys.executable, "-m", f"stages.{reader}"], repo, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{Path(name)} {message}" in result.stderr
+    assert f"rerun `dvc repro {producer}`" in result.stderr
 
-    run(["dvc", "repro"], repo)
-    assert digest(model) == original  # same params, data and seed: the same bytes (or DVC's cached copy)
-    load_model(model)
+    rebuilt = run(["dvc", "repro"], repo)
+    assert reader not in ran_stages(rebuilt.stdout)  # the same bytes again: nothing downstream reruns
+    assert digest(damaged) == original
     assert "up to date" in run(["dvc", "status"], repo).stdout
+    if name.endswith(".keras"):
+        load_model(damaged)
 
 
 # ------------------------------------------------------------------------------------------ tracking server

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, SMALL, copy_repository, run, set_params
+from conftest import REPO, pipeline_run_once, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,10 +154,7 @@ def outputs_digest(repo: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pipeline_done(tmp_path_factory) -> Path:
     """A copy whose whole pipeline ran (a small real run): every stage has outputs to lose."""
-    repo = copy_repository(tmp_path_factory.mktemp("fuzz") / "repo")
-    set_params(repo, **SMALL | {"train": SMALL["train"] | {"epochs": 1}})
-    run(["dvc", "repro"], repo)
-    return repo
+    return pipeline_run_once(tmp_path_factory.mktemp("fuzz") / "repo")
 
 
 @pytest.mark.slow
