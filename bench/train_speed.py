@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "train_speed.json"
@@ -64,6 +62,8 @@ def tutorial_run(preset_name: str, epochs: int) -> dict:
 
 def pipeline_run(preset_name: str, epochs: int, scratch: Path) -> dict:
     """Side (b): the train stage as `dvc repro` runs it, in a scratch folder; returns its own figures."""
+    import yaml
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update({"model": preset_name, "epochs": epochs})
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

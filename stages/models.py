@@ -319,11 +319,18 @@ class Settings:
     early_stopping_patience: int | None
 
     @classmethod
-    def for_preset(cls, preset: Preset, **overrides: Any) -> Settings:
-        """The preset's own settings, with some replaced (`epochs=2`): what the benchmarks train with."""
-        from stages.config import TrainConfig
-
-        return cls.resolve(preset, TrainConfig(model=preset.name, **overrides))
+    def for_preset(cls, preset: Preset, epochs: int | None = None) -> Settings:
+        """The preset's own settings (for `epochs` if given): what the benchmarks train with. Needs only
+        Keras, so a benchmark runs where pydantic and the rest of the pipeline are not installed."""
+        return cls(
+            optimizer=preset.optimizer,
+            learning_rate=preset.learning_rate,
+            optimizer_options=dict(preset.optimizer_options),
+            epochs=epochs or preset.epochs,
+            batch_size=preset.batch_size,
+            schedule=preset.schedule,
+            early_stopping_patience=preset.early_stopping_patience,
+        )
 
     @classmethod
     def resolve(cls, preset: Preset, cfg: TrainConfig) -> Settings:
