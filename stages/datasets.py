@@ -27,6 +27,7 @@ import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.exceptions import MaxRetryError, NameResolutionError
 from urllib3.util.retry import Retry
 
 from stages.errors import StageError
@@ -106,6 +107,16 @@ class SourceError(Exception):
 # --------------------------------------------------------------------------------------------- transport
 
 
+class _Retry(Retry):
+    """urllib3's retry policy, except for a host name that does not resolve: that is no blip (no internet,
+    or a typo), and retrying it costs every unreachable source a second on an offline machine."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, NameResolutionError):
+            raise MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 @dataclass
 class Http:
     """HTTP with connect/read timeouts, retries with backoff for transient errors, and a progress bar."""
@@ -119,7 +130,7 @@ class Http:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            retry = Retry(
+            retry = _Retry(
                 total=self.retries,
                 connect=self.retries,
                 read=self.retries,

@@ -248,6 +248,15 @@ def test_unknown_host_and_refused_port_fall_through_in_seconds(tiny, tmp_path):
     assert time.monotonic() - started < 15
 
 
+def test_an_unresolvable_host_is_not_retried(tiny, tmp_path):
+    """Offline, every unreachable source would otherwise cost its retries' backoff."""
+    http = Http(connect_timeout_s=2, read_timeout_s=2, retries=3, backoff_s=2)  # retried: 2 + 4 + 8 s
+    started = time.monotonic()
+    reason = fetch_one(tiny, NpzSource("a", "https://mnist.invalid/mnist.npz"), tmp_path, http)
+    assert "host not found" in reason
+    assert time.monotonic() - started < 2
+
+
 def test_all_sources_failing_lists_each_reason_and_the_fix(http_server, tiny, tmp_path):
     http_server.routes["/500/train-images-idx3-ubyte.gz"] = 500
     sources = [
