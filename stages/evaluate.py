@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Test loss and accuracy, and per-class precision, recall, F1 and support."""
     predicted = probabilities.argmax(axis=1)
-    timing.lap("compute")
     report = classification_report(
         labels,
         predicted,
@@ -124,6 +123,7 @@ def main() -> None:
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
     results = evaluate(probabilities, labels, class_names)
     predicted = probabilities.argmax(axis=1)
+    timing.lap("compute")
 
     per_class = pd.DataFrame.from_dict(results["per_class"], orient="index").rename_axis("class")
     with atomic_path(paths.PER_CLASS) as tmp:

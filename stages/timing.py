@@ -27,11 +27,13 @@ def start() -> None:
     _last["at"] = _last["main"] = time.perf_counter()
 
 
-def lap(name: str) -> None:
-    """Charge the time since the previous lap (or the start of main) to the phase `name`."""
+def lap(name: str) -> float:
+    """Charge the time since the previous lap (or the start of main) to the phase `name`; return it."""
     now = time.perf_counter()
-    _phases[name] = _phases.get(name, 0.0) + now - _last["at"]
+    seconds = now - _last["at"]
+    _phases[name] = _phases.get(name, 0.0) + seconds
     _last["at"] = now
+    return seconds
 
 
 def record(stage: str) -> None:
