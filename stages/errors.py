@@ -35,12 +35,14 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's `main()` as a program: log to stderr, turn expected failures into a clean exit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what we report
+    import stages
     from stages import timing
 
     timing.start()
     try:
         main()
         timing.record(_stage_name())
+        stages.finished()
     except StageError as exc:
         print(f"error: {scrub(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
