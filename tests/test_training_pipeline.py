@@ -96,7 +96,9 @@ def test_registered_version_predicts_like_the_saved_model(trained):
     [version] = client.search_model_versions(f"run_id='{run_id_of(trained)}'")
     assert version.name == "mnist-classifier"
     registered = mlflow.pyfunc.load_model(f"models:/mnist-classifier/{version.version}")
-    assert list(registered.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28, 1]
+    signature = registered.metadata.signature
+    assert signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 28, 28, 1)}
+    assert signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 10)}
     with np.load(trained / "data" / "prepared" / "test.npz") as npz:
         images = npz["x"][:200]
     saved = keras.saving.load_model(trained / "data" / "model" / "model.keras", safe_mode=True)
