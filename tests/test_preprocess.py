@@ -67,3 +67,18 @@ def test_npz_files_are_byte_reproducible_and_load_back(tmp_path):
     loaded = load_npz(tmp_path / "a.npz", ("x", "label"), produced_by="preprocess")
     np.testing.assert_array_equal(loaded["x"], arrays["x"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]  # no temporary files left
+
+
+def test_compressed_npz_files_are_byte_reproducible_smaller_and_load_back(tmp_path):
+    pixels = np.zeros((200, 28, 28), np.uint8)
+    pixels[:, 10:18, 10:18] = np.arange(200, dtype=np.uint8)[:, None, None]
+    arrays = {"x_train": pixels, "y_train": np.arange(200, dtype=np.uint8) % 10}
+    for name in ("a.npz", "b.npz"):
+        save_npz(tmp_path / name, arrays, compress=True)
+    save_npz(tmp_path / "stored.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert (tmp_path / "a.npz").stat().st_size < (tmp_path / "stored.npz").stat().st_size / 10
+    loaded = load_npz(tmp_path / "a.npz", ("x_train", "y_train"), produced_by="download")
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(loaded[name], array)
+        assert loaded[name].dtype == array.dtype
