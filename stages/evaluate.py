@@ -78,31 +78,48 @@ def save_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[
     _save_png(fig, paths.CONFUSION_PNG)
 
 
+def most_confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of up to `count` wrongly classified images, the most confidently wrong first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+
+
 def save_misclassified(
     images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], count: int
 ) -> None:
-    """A grid of the most confident mistakes: true label, predicted label and confidence under each."""
+    """A grid of the most confident mistakes: true label, predicted label and confidence above each.
+
+    One mosaic image on one Axes: 36 Axes (with their ticks and tight_layout) took 0.5 s of the stage.
+    """
     predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+    wrong = most_confident_mistakes(probabilities, labels, count)
     columns = max(1, min(6, len(wrong)))
     rows = max(1, int(np.ceil(len(wrong) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index in zip(axes.flat, wrong, strict=False):
-        ax.imshow(images[index, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
+    height, width = images.shape[1:3]
+    cell_w, cell_h, title_h = width + 6, height + 12, 12  # in image pixels; 12 rows of space for two lines
+    mosaic = np.zeros((rows * cell_h + 3, columns * cell_w), dtype=np.float32)  # 0 is white in gray_r
+    scale = 1.9 / cell_w  # inches per image pixel: a 1.9-inch cell, as wide as before
+    top = 0.35  # inches for the figure title
+    fig = plt.figure(figsize=(mosaic.shape[1] * scale, mosaic.shape[0] * scale + top), dpi=100)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - top / fig.get_figheight()))
+    for slot, index in enumerate(wrong):
+        row, column = divmod(slot, columns)
+        y, x = row * cell_h + title_h, column * cell_w + 3
+        mosaic[y : y + height, x : x + width] = images[index, :, :, 0]
+        caption = f"#{index}: {class_names[labels[index]]} → {class_names[predicted[index]]}"
         confidence = probabilities[index, predicted[index]]
-        ax.set_title(
-            f"#{index}: {class_names[labels[index]]} → {class_names[predicted[index]]}\n{confidence:.0%}",
-            fontsize=8,
-        )
+        ax.text(x + width / 2, y - 1, f"{caption}\n{confidence:.0%}", ha="center", va="bottom", fontsize=8)
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
     fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum())})", fontsize=10)
-    _save_png(fig, paths.MISCLASSIFIED_PNG, title_space=0.35 / fig.get_figheight())
+    with atomic_path(paths.MISCLASSIFIED_PNG) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
-def _save_png(fig: plt.Figure, dest: Path, title_space: float = 0.0) -> None:
-    fig.tight_layout(rect=(0, 0, 1, 1 - title_space))  # tight_layout ignores a suptitle
+def _save_png(fig: plt.Figure, dest: Path) -> None:
+    fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
