@@ -110,21 +110,40 @@ class TrainState:
                 f"cannot write the checkpoint of epoch {epoch} in {self.checkpoint_dir} ({exc}); free some "
                 "space and rerun: training resumes from the last checkpoint written"
             ) from exc
-        for _, old in self.checkpoints()[self.KEEP :]:
-            old.unlink()
+        best = self.best_epoch()
+        for finished, old in self.checkpoints()[self.KEEP :]:
+            if finished != best:  # EarlyStopping may need the best weights after a resume
+                old.unlink()
+
+    def best_epoch(self) -> int | None:
+        """The finished epoch with the best validation accuracy (training accuracy without a validation
+        split), the first of equals: the one whose weights EarlyStopping restores at the end."""
+        history = self.history()
+        if not history:
+            return None
+        monitor = "val_accuracy" if "val_accuracy" in history[0] else "accuracy"
+        return int(max(history, key=lambda row: row[monitor])["epoch"])
+
+    def load(self, model: keras.Model, epoch: int) -> bool:
+        """Load the model and optimizer weights after `epoch` into `model`, if kept and whole."""
+        path = dict(self.checkpoints()).get(epoch)
+        if path is None:
+            return False
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(path)
+        except Exception as exc:  # h5py and Keras raise OSError, ValueError... for a damaged file
+            log.warning("checkpoint %s is unreadable (%s)", path.name, exc)
+            return False
+        return True
 
     def restore(self, model: keras.Model) -> int:
         """Load the newest readable checkpoint into `model`; the number of epochs it has finished."""
-        for epoch, path in self.checkpoints():
-            try:
-                if not model.optimizer.built:
-                    model.optimizer.build(model.trainable_variables)
-                model.load_weights(path)
-            except Exception as exc:  # h5py and Keras raise OSError, ValueError... for a damaged file
-                log.warning("checkpoint %s is unreadable (%s); trying an older one", path.name, exc)
-                continue
-            log.info("restored the weights after epoch %d", epoch)
-            return epoch
+        for epoch, _ in self.checkpoints():
+            if self.load(model, epoch):
+                log.info("restored the weights after epoch %d", epoch)
+                return epoch
         return 0
 
 
@@ -162,6 +181,49 @@ class EpochRecorder(keras.callbacks.Callback):
                         epoch + 1, tracking.describe(exc))  # fmt: skip
 
 
+class ResumedCallbackState(keras.callbacks.Callback):
+    """On a resumed run, bring EarlyStopping and ReduceLROnPlateau to where the killed run left them.
+
+    `fit()` resets both at its start, so they would forget their best value, their patience counter and (for
+    EarlyStopping) the best weights. Placed after them in the list, this feeds them the finished epochs'
+    history rows once they have been reset: each row with the learning rate it was trained at, so the
+    plateau callback lowers the rate exactly where it did before the kill.
+    """
+
+    def __init__(self, state: TrainState, stateful: list[keras.callbacks.Callback], finished: int) -> None:
+        super().__init__()
+        self.state, self.stateful, self.finished = state, stateful, finished
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        rows = [row for row in self.state.history() if row["epoch"] <= self.finished]
+        plateau = any(isinstance(cb, keras.callbacks.ReduceLROnPlateau) for cb in self.stateful)
+        for row in rows:
+            if plateau:
+                self.model.optimizer.learning_rate = row["learning_rate"]
+            for callback in self.stateful:
+                callback.on_epoch_end(int(row["epoch"]) - 1, dict(row))
+        for callback in self.stateful:
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights:
+                self._best_weights_into(callback)
+        log.info("replayed %d finished epochs into %s", len(rows),
+                 ", ".join(type(cb).__name__ for cb in self.stateful))  # fmt: skip
+
+    def _best_weights_into(self, stopper: keras.callbacks.EarlyStopping) -> None:
+        """The replay saw only the newest weights: fetch the best epoch's from its kept checkpoint."""
+        best = stopper.best_epoch + 1
+        if best == self.finished:
+            return
+        if self.state.load(self.model, best):
+            stopper.best_weights = self.model.get_weights()
+        else:
+            log.warning(
+                "the weights after epoch %d are gone; EarlyStopping restores the best of the rest", best
+            )
+            stopper.best, stopper.best_weights = None, None
+        if not self.state.load(self.model, self.finished):
+            raise StageError(f"the checkpoint of epoch {self.finished} vanished while resuming; rerun")
+
+
 def parameter_counts(model: keras.Model) -> dict[str, int]:
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
@@ -184,22 +246,28 @@ def fingerprint(params: Params, data_hash: str) -> str:
 
 
 def callbacks_for(
-    settings: Settings, state: TrainState, run_id: str, has_val: bool
+    settings: Settings, state: TrainState, run_id: str, has_val: bool, finished_epochs: int = 0
 ) -> list[keras.callbacks.Callback]:
     monitor = "val_accuracy" if has_val else "accuracy"
-    callbacks: list[keras.callbacks.Callback] = [EpochRecorder(state, run_id)]
+    stateful: list[keras.callbacks.Callback] = []
     if settings.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, patience=settings.early_stopping_patience, restore_best_weights=True
+        stateful.append(
+            keras.callbacks.EarlyStopping(  # modes stated: "auto" needs metrics built, and a resume
+                monitor=monitor,  # replays epochs into them before the first step
+                mode="max",
+                patience=settings.early_stopping_patience,
+                restore_best_weights=True,
             )
         )
     if settings.schedule == "plateau":
-        callbacks.append(
+        stateful.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor.replace("accuracy", "loss"), factor=0.5, patience=2
+                monitor=monitor.replace("accuracy", "loss"), mode="min", factor=0.5, patience=2
             )
         )
+    callbacks: list[keras.callbacks.Callback] = [EpochRecorder(state, run_id), *stateful]
+    if stateful and finished_epochs:
+        callbacks.append(ResumedCallbackState(state, stateful, finished_epochs))
     return callbacks
 
 
@@ -290,7 +358,7 @@ def main() -> None:
             epochs=settings.epochs,
             initial_epoch=finished_epochs,
             validation_data=None if val_or_none is None else (val["x"], val["y"]),
-            callbacks=callbacks_for(settings, state, run_id, has_val=val_or_none is not None),
+            callbacks=callbacks_for(settings, state, run_id, val_or_none is not None, finished_epochs),
             verbose=1 if sys.stdout.isatty() else 2,
         )
         fit_s = timing.lap("fit")

@@ -92,6 +92,20 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_one_before(repo):
     assert not (repo / "data" / "train_state").exists()
 
 
+def test_a_resumed_run_keeps_early_stopping_and_the_plateau_schedule_where_they_were(repo):
+    set_params(repo, train={"epochs": 4, "schedule": "plateau", "early_stopping_patience": 3})
+    killed_at(repo, "checkpoint")  # after epoch 1
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert "restored the weights after epoch 1" in output
+    assert "replayed 1 finished epochs into EarlyStopping, ReduceLROnPlateau" in output
+    history = (repo / "metrics" / "train_history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]
+    best = max(float(line.split(",")[4]) for line in history[1:])  # val_accuracy
+    final = json.loads((repo / "metrics" / "train.json").read_text())
+    assert final["val"]["accuracy"] == pytest.approx(best, abs=1e-6)  # EarlyStopping's best weights
+
+
 def test_kill_while_writing_the_model_never_exposes_a_partial_file(repo):
     set_params(repo, train={"epochs": 2})
     model_dir = repo / "data" / "model"
