@@ -32,6 +32,8 @@ from stages.io import atomic_path, load_json, load_model, load_npz, write_json
 
 log = logging.getLogger(__name__)
 
+PER_CLASS_TABLE = "evaluation/per_class.json"
+
 
 def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Test loss and accuracy, and per-class precision, recall, F1 and support."""
@@ -125,6 +127,18 @@ def _save_png(fig: plt.Figure, dest: Path) -> None:
     plt.close(fig)
 
 
+def _log_per_class_table(table: pd.DataFrame, run_id: str) -> None:
+    """The per-class table as an MLflow table (the UI shows it as one), replaced when evaluate reruns for
+    the same training run: `log_table` appends to a table that exists, which would list every class twice."""
+    import mlflow
+
+    existing = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+    if PER_CLASS_TABLE in existing:  # logged as a table the first time; the same format overwrites it
+        mlflow.log_text(table.to_json(orient="split", index=False), PER_CLASS_TABLE)
+    else:
+        mlflow.log_table(table, artifact_file=PER_CLASS_TABLE)
+
+
 def main() -> None:
     params = load_params()
     class_names: list[str] = load_json(paths.prepared_meta(), produced_by="preprocess")["class_names"]
@@ -160,7 +174,7 @@ def main() -> None:
         )  # fmt: skip
         for path in (paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-        mlflow.log_table(per_class.reset_index(), artifact_file="evaluation/per_class.json")
+        _log_per_class_table(per_class.reset_index(), run_id)
     timing.lap("mlflow")
     test_results = results["test"]
     log.info("test accuracy %.4f (%d errors)", test_results["accuracy"], test_results["errors"])

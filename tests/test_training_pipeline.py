@@ -107,6 +107,18 @@ def test_registered_version_predicts_like_the_saved_model(trained):
     )
 
 
+def test_rerunning_evaluate_replaces_its_mlflow_table_rather_than_appending_to_it(trained, tmp_path):
+    set_params(trained, evaluate={"misclassified_examples": 6})
+    result = run(["dvc", "repro"], trained)
+    assert ran_stages(result.stdout) == ["check_params", "evaluate", "report"]  # the same run, again
+    client = client_for(trained)
+    table = client.download_artifacts(run_id_of(trained), "evaluation/per_class.json", str(tmp_path))
+    rows = json.loads(Path(table).read_text())["data"]
+    assert sorted(str(row[0]) for row in rows) == list("0123456789")  # log_table would append 10 more
+    logged = json.loads(client.get_run(run_id_of(trained)).data.tags["mlflow.loggedArtifacts"])
+    assert logged == [{"path": "evaluation/per_class.json", "type": "table"}]  # still shown as a table
+
+
 def test_same_commit_and_params_give_identical_metrics(trained):
     first = json.loads((trained / "metrics" / "train.json").read_text())
     history_before = (trained / "metrics" / "train_history.csv").read_text()
