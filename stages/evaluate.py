@@ -77,6 +77,7 @@ def save_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[
     ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False)
     ax.set_title(f"Test confusion matrix ({int(np.trace(matrix))} of {int(matrix.sum())} right)")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
     _save_png(fig, paths.CONFUSION_PNG)
 
 
@@ -115,13 +116,10 @@ def save_misclassified(
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum())})", fontsize=10)
-    with atomic_path(paths.MISCLASSIFIED_PNG) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_png(fig, paths.MISCLASSIFIED_PNG)
 
 
 def _save_png(fig: plt.Figure, dest: Path) -> None:
-    fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
