@@ -1,0 +1,102 @@
+"""The presets are `keras.*` only, so they run on Keras's JAX backend too: the GPU benchmark trains them
+there, and a model the pipeline saved under TensorFlow can be served from JAX. Both are checked for real,
+each backend in its own process (Keras picks its backend once, at import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.models import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Under TensorFlow: each preset trains one epoch on a few images (so BatchNorm's moving statistics and
+# every weight differ from their initial values) and is saved as the train stage saves it.
+_TRAIN_AND_SAVE = """
+import json, sys
+from pathlib import Path
+import keras, numpy as np
+from stages.models import PRESETS, Settings, compiled_model
+out = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+x = rng.random((64, 28, 28, 1), dtype=np.float32)
+y = keras.utils.to_categorical(rng.integers(0, 10, 64), 10)
+for name, preset in PRESETS.items():
+    keras.utils.set_random_seed(1)
+    model = compiled_model(preset, "mnist", Settings.for_preset(preset, epochs=1), len(x))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    model.save(out / f"{name}.keras")
+    np.save(out / f"{name}.npy", model.predict(x, verbose=0))
+print(json.dumps({"backend": keras.backend.backend()}))
+"""
+
+# Under JAX: every saved model loads (safe mode, as evaluate and predict load it) and predicts; every
+# preset also builds, compiles and trains from scratch, and its weights move.
+_LOAD_AND_TRAIN = """
+import json, sys
+from pathlib import Path
+import keras, numpy as np
+from stages.io import load_model
+from stages.models import PRESETS, Settings, compiled_model
+out = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+x = rng.random((64, 28, 28, 1), dtype=np.float32)
+y = keras.utils.to_categorical(rng.integers(0, 10, 64), 10)
+report = {"backend": keras.backend.backend(), "presets": {}}
+for name, preset in PRESETS.items():
+    loaded = load_model(out / f"{name}.keras")
+    difference = float(np.abs(loaded.predict(x, verbose=0) - np.load(out / f"{name}.npy")).max())
+    keras.utils.set_random_seed(1)
+    model = compiled_model(preset, "mnist", Settings.for_preset(preset, epochs=2), len(x))
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0).history
+    moved = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    probabilities = model.predict(x, verbose=0)
+    report["presets"][name] = {
+        "tf_vs_jax_max_difference": difference,
+        "losses": history["loss"],
+        "weights_moved": moved,
+        "weights": len(before),
+        "row_sums": [float(probabilities.sum(axis=1).min()), float(probabilities.sum(axis=1).max())],
+    }
+print(json.dumps(report))
+"""
+
+
+def _run(script: str, backend: str, folder: Path) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_every_preset_trains_on_jax_and_a_model_saved_under_tensorflow_predicts_the_same_there(tmp_path):
+    assert _run(_TRAIN_AND_SAVE, "tensorflow", tmp_path)["backend"] == "tensorflow"
+    report = _run(_LOAD_AND_TRAIN, "jax", tmp_path)
+
+    assert report["backend"] == "jax"
+    assert set(report["presets"]) == set(PRESETS)
+    for name, result in report["presets"].items():
+        # the same weights give the same probabilities on either backend (float32 rounding only)
+        assert result["tf_vs_jax_max_difference"] < 1e-4, name
+        assert all(np.isfinite(result["losses"])), name
+        # JAX's gradients reach every weight, and BatchNorm's moving statistics update too
+        assert result["weights_moved"] == result["weights"], name
+        assert result["row_sums"][0] == pytest.approx(1, abs=1e-4), name
+        assert result["row_sums"][1] == pytest.approx(1, abs=1e-4), name
