@@ -194,8 +194,26 @@ class ResumedCallbackState(keras.callbacks.Callback):
         super().__init__()
         self.state, self.stateful, self.finished = state, stateful, finished
 
+    def _finished_rows(self) -> list[dict[str, float]]:
+        return [row for row in self.state.history() if row["epoch"] <= self.finished]
+
+    def early_stopping_ended_the_run(self, model: keras.Model) -> bool:
+        """Whether EarlyStopping had already ended the killed run (killed while its model was saved).
+
+        Then `fit()` must not be called for more epochs: Keras looks at `stop_training` only after a
+        training step, so the resumed run would train a step and record an epoch the original never had.
+        """
+        stoppers = [cb for cb in self.stateful if isinstance(cb, keras.callbacks.EarlyStopping)]
+        for stopper in stoppers:
+            stopper.set_model(model)
+            stopper.on_train_begin()
+        for row in self._finished_rows():
+            for stopper in stoppers:
+                stopper.on_epoch_end(int(row["epoch"]) - 1, dict(row))
+        return any(stopper.stopped_epoch for stopper in stoppers)
+
     def on_train_begin(self, logs: dict | None = None) -> None:
-        rows = [row for row in self.state.history() if row["epoch"] <= self.finished]
+        rows = self._finished_rows()
         plateau = any(isinstance(cb, keras.callbacks.ReduceLROnPlateau) for cb in self.stateful)
         for row in rows:
             if plateau:
@@ -269,6 +287,17 @@ def callbacks_for(
     if stateful and finished_epochs:
         callbacks.append(ResumedCallbackState(state, stateful, finished_epochs))
     return callbacks
+
+
+def _last_epoch(
+    epochs: int, finished: int, callbacks: list[keras.callbacks.Callback], model: keras.Model
+) -> int:
+    """The epoch `fit()` trains up to: the finished ones only, if EarlyStopping had ended the run."""
+    for callback in callbacks:
+        if isinstance(callback, ResumedCallbackState) and callback.early_stopping_ended_the_run(model):
+            log.info("EarlyStopping had ended this run after epoch %d: nothing more to train", finished)
+            return finished
+    return epochs
 
 
 def log_model(model: keras.Model, example: np.ndarray, run_id: str, registered_name: str) -> str:
@@ -351,14 +380,15 @@ def main() -> None:
         tracking.retrying(lambda: mlflow.log_text(layer_summary(model), "model_summary.txt"), "logging")
         timing.lap("mlflow")
 
+        callbacks = callbacks_for(settings, state, run_id, val_or_none is not None, finished_epochs)
         model.fit(
             train["x"],
             train["y"],
             batch_size=settings.batch_size,
-            epochs=settings.epochs,
+            epochs=_last_epoch(settings.epochs, finished_epochs, callbacks, model),
             initial_epoch=finished_epochs,
             validation_data=None if val_or_none is None else (val["x"], val["y"]),
-            callbacks=callbacks_for(settings, state, run_id, val_or_none is not None, finished_epochs),
+            callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )
         fit_s = timing.lap("fit")

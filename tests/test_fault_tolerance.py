@@ -106,6 +106,22 @@ def test_a_resumed_run_keeps_early_stopping_and_the_plateau_schedule_where_they_
     assert final["val"]["accuracy"] == pytest.approx(best, abs=1e-6)  # EarlyStopping's best weights
 
 
+def test_a_run_killed_after_early_stopping_ended_it_trains_no_further_when_resumed(repo):
+    # a learning rate too small to change any prediction: validation accuracy stalls at once, and with a
+    # patience of 1 EarlyStopping ends the run after epoch 2 of 6
+    set_params(repo, train={"epochs": 6, "learning_rate": 1e-12, "early_stopping_patience": 1})
+    killed_at(repo, "model")  # stopped early, killed while writing the model
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert "restored the weights after epoch 2" in output
+    assert "Epoch 3/6" not in output  # no step trained after EarlyStopping had ended the run
+    history = (repo / "metrics" / "train_history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+    steps = [m.step for m in client_for(repo).get_metric_history(run_id_of(repo), "accuracy")]
+    assert sorted(set(steps)) == [1, 2]
+    assert json.loads((repo / "metrics" / "train.json").read_text())["epochs"] == 2
+
+
 def test_kill_while_writing_the_model_never_exposes_a_partial_file(repo):
     set_params(repo, train={"epochs": 2})
     model_dir = repo / "data" / "model"
