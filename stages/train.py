@@ -44,8 +44,10 @@ class TrainState:
 
     KEEP = 2  # finished checkpoints kept: the newest, and one to fall back on if it proves unreadable
 
-    def __init__(self, root: Path, fingerprint: str) -> None:
+    def __init__(self, root: Path, fingerprint: str, keep_best: bool = False) -> None:
+        """`keep_best`: also keep the best epoch's checkpoint, which a resumed EarlyStopping restores."""
         self.root = root
+        self.keep_best = keep_best
         self.checkpoint_dir = root / "checkpoints"
         self.history_csv = root / "history.csv"
         self._fingerprint_file = root / "fingerprint"
@@ -110,9 +112,9 @@ class TrainState:
                 f"cannot write the checkpoint of epoch {epoch} in {self.checkpoint_dir} ({exc}); free some "
                 "space and rerun: training resumes from the last checkpoint written"
             ) from exc
-        best = self.best_epoch()
+        best = self.best_epoch() if self.keep_best else None
         for finished, old in self.checkpoints()[self.KEEP :]:
-            if finished != best:  # EarlyStopping may need the best weights after a resume
+            if finished != best:
                 old.unlink()
 
     def best_epoch(self) -> int | None:
@@ -344,7 +346,11 @@ def main() -> None:
     train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
     val = load_npz(paths.prepared_split("val"), ("x", "y"), produced_by="preprocess")
     val_or_none = val if len(val["x"]) else None
-    state = TrainState(paths.TRAIN_STATE, fingerprint(params, meta["content_sha256"]))
+    state = TrainState(
+        paths.TRAIN_STATE,
+        fingerprint(params, meta["content_sha256"]),
+        keep_best=bool(settings.early_stopping_patience),
+    )
     timing.lap("load data")
 
     import mlflow

@@ -44,7 +44,7 @@ def learning_rate(model: keras.Model) -> float:
 
 
 def test_resumed_callbacks_match_an_uninterrupted_run(tmp_path):
-    state = TrainState(tmp_path / "train_state", "fingerprint")
+    state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=True)
     state.start("run-id")
     live_model = small_model(seed=0)
     live = stateful_pair(live_model, state, finished=0)
@@ -84,3 +84,18 @@ def test_resumed_callbacks_match_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(got, want)  # the best epoch's weights, from its checkpoint
     for got, want in zip(resumed_model.get_weights(), weights_after[5], strict=True):
         np.testing.assert_array_equal(got, want)  # and training goes on from the newest
+
+
+@pytest.mark.parametrize(("keep_best", "kept"), [(True, [5, 4, 2]), (False, [5, 4])])
+def test_the_best_epochs_checkpoint_is_kept_only_for_early_stopping(tmp_path, keep_best, kept):
+    state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=keep_best)
+    state.start("run-id")
+    model = small_model(seed=0)
+    with state.history_csv.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        for epoch, accuracy in enumerate(VAL_ACCURACY, start=1):
+            writer.writerow({"epoch": epoch, "val_accuracy": accuracy})
+            fh.flush()
+            state.save_checkpoint(model, epoch)
+    assert [epoch for epoch, _ in state.checkpoints()] == kept
