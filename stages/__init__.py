@@ -23,12 +23,16 @@ def finished() -> None:
 
 
 def _exit_without_teardown() -> None:
-    """Registered when `stages` is first imported, so it runs after every other exit handler (they run in
-    reverse order) and after the interpreter has joined the non-daemon threads."""
+    """Registered when `stages` is first imported, so it runs after every exit handler registered later
+    (they run in reverse order) and after the interpreter has joined the non-daemon threads."""
     if _finished["ok"]:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(0)
 
 
-atexit.register(_exit_without_teardown)
+# Handlers registered before this import (at interpreter start-up: coverage's subprocess hook, a
+# sitecustomize) would run after ours and be skipped: then keep the normal exit. `_ncallbacks` is
+# CPython's; elsewhere the normal exit is kept too.
+if getattr(atexit, "_ncallbacks", lambda: 1)() == 0:
+    atexit.register(_exit_without_teardown)

@@ -57,3 +57,14 @@ def test_the_same_code_outside_a_stage_keeps_the_normal_teardown(tmp_path):
 def test_only_a_stage_process_skips_teardown_so_other_exit_codes_survive(tmp_path):
     done = run_python("import sys, stages; stages.finished(); sys.exit(3)", tmp_path)
     assert done.returncode == 3
+
+
+def test_exit_handlers_registered_before_the_stages_import_still_run(tmp_path):
+    # what coverage's subprocess hook or a sitecustomize does: a handler from interpreter start-up, which
+    # would run after the stage's own and be skipped by its fast exit
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    early = 'import atexit; atexit.register(lambda: print(" and the early handler ran", end=""))\n'
+    done = run_python(early + AFTER_A_STAGE, tmp_path)
+    assert done.returncode == 0, done.stderr
+    # every handler ran, in order; the teardown is not skipped then
+    assert done.stdout == "kept and flushed and the early handler ran (torn down)"
