@@ -22,10 +22,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import child_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -81,16 +82,6 @@ def run_variant(variant: str, preset_name: str, epochs: int) -> dict:
     }
 
 
-def one_in_fresh_process(variant: str, preset: str, epochs: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--one", variant, preset, str(epochs)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        sys.exit(f"{variant} {preset} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def summarise(runs: list[dict]) -> str:
     lines = [
         "| preset | variant | last epoch, images/s | to `arrays_spe1`, per round | median | first epoch, s "
@@ -136,7 +127,8 @@ def main() -> None:
         order = args.variants[shift:] + args.variants[:shift]  # each variant takes each slot in turn
         for preset in args.presets:
             for variant in order:
-                result = one_in_fresh_process(variant, preset, args.epochs)
+                command = [sys.executable, __file__, "--one", variant, preset, str(args.epochs)]
+                result = child_result(command, f"{variant} {preset}")
                 runs.append({"round": round_no, "preset": preset, "variant": variant, **result})
                 print(f"round {round_no} {preset} {variant}: {result}", file=sys.stderr, flush=True)
     args.output.write_text(json.dumps({"epochs": args.epochs, "runs": runs}, indent=1) + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,24 +28,12 @@ import time
 from pathlib import Path
 
 import yaml
+from harness import scratch_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "overhead.json"
 COLUMNS = ["imports", "load data", "compute", "fit", "mlflow", "save outputs", "other"]
 GOALS = {"non_fit_s": 15.0, "noop_repro_s": 1.5, "preprocess_s": 3.0}
-
-
-def scratch_copy(dest: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout  # fmt: skip
-    for name in filter(None, listed.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
-        subprocess.run([*git, *command], cwd=dest, check=True)
-    return dest
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import child_result, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,14 +91,13 @@ def summarise(runs: list[dict], target: float) -> str:
         finals = sorted({f"{r['epochs'][-1]['test_accuracy']:.2%}" for r in group})
         reached = [t for t in reach if t is not None]
         reach_text = (
-            f"{statistics.median(reached):.0f} s ({min(reached):.0f}-{max(reached):.0f})"
+            spread(reached, unit=" s")
             + ("" if len(reached) == len(reach) else f", reached in {len(reached)} of {len(reach)}")
             if reached
             else "not reached"
         )
         lines.append(
-            f"| {preset} | {len(group)} | {reach_text} | {', '.join(finals)} | "
-            f"{statistics.median(total):.0f} s ({min(total):.0f}-{max(total):.0f}) |"
+            f"| {preset} | {len(group)} | {reach_text} | {', '.join(finals)} | {spread(total, unit=' s')} |"
         )
     if {"fast_cnn", "cnn"} <= set(totals):
         pairs = [f / c for f, c in zip(totals["fast_cnn"], totals["cnn"], strict=False)]
@@ -130,10 +130,7 @@ def main() -> None:
             extra = ["--epochs", str(epochs)] if epochs else []
             command = [sys.executable, __file__, "--one", preset, *extra]
             started = time.monotonic()
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                sys.exit(f"{preset} failed:\n{done.stderr[-3000:]}")
-            run = json.loads(done.stdout.strip().splitlines()[-1]) | {"round": round_ + 1}
+            run = child_result(command, preset) | {"round": round_ + 1}
             runs.append(run)
             print(f"round {round_ + 1} {preset}: {time.monotonic() - started:.0f} s in all, "
                   f"final test accuracy {run['epochs'][-1]['test_accuracy']:.2%}", flush=True)  # fmt: skip

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import spread
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "train_speed.json"
@@ -102,12 +104,6 @@ def one(side: str, preset: str, epochs: int, scratch: Path) -> dict:
     result.pop("output", None)
     speed = {"images_per_s": result["images"] / result["fit_s"], "epoch_s": result["fit_s"] / epochs}
     return {"side": side, "preset": preset, "epochs": epochs, **result, **speed}
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def summarise(runs: list[dict]) -> str:
