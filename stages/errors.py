@@ -35,6 +35,7 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's `main()` as a program: log to stderr, turn expected failures into a clean exit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what we report
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" on every JAX start
     import stages
     from stages import timing
 

@@ -9,6 +9,8 @@ that readers (the UI, `dvc exp show`) never block a writer.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import logging
 import os
 import platform
@@ -183,15 +185,24 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# The packages each Keras backend runs on: a served model needs them beside Keras.
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
 def library_versions() -> dict[str, str]:
-    """The versions a trained model depends on: Keras, its backend (TensorFlow when that is the one)."""
+    """The versions a trained model depends on: Keras and the packages of the backend it ran on."""
     import keras
 
     versions = {"keras": keras.__version__}
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":  # by import: TensorFlow ships under several names (tensorflow-cpu, ...)
         import tensorflow as tf
 
         versions["tensorflow"] = tf.__version__
+    else:
+        for package in BACKEND_PACKAGES.get(backend, ()):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                versions[package] = importlib.metadata.version(package)
     return versions
 
 

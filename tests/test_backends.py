@@ -1,9 +1,11 @@
 """The presets are `keras.*` only, so they run on Keras's JAX backend too: the GPU benchmark trains them
-there, and a model the pipeline saved under TensorFlow can be served from JAX. Both are checked for real,
-each backend in its own process (Keras picks its backend once, at import)."""
+there, a model the pipeline saved under TensorFlow can be served from JAX, and `KERAS_BACKEND=jax dvc repro`
+runs the whole pipeline. All checked for real, each backend in its own process (Keras picks its backend
+once, at import)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL, client_for, copy_repository, run, run_id_of, set_params
 
 from stages.models import PRESETS
 
@@ -100,3 +103,36 @@ def test_every_preset_trains_on_jax_and_a_model_saved_under_tensorflow_predicts_
         assert result["weights_moved"] == result["weights"], name
         assert result["row_sums"][0] == pytest.approx(1, abs=1e-4), name
         assert result["row_sums"][1] == pytest.approx(1, abs=1e-4), name
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_on_jax_and_its_model_evaluates_the_same_under_tensorflow(tmp_path):
+    repo = copy_repository(tmp_path / "repo")
+    set_params(repo, **SMALL)
+    output = run(["dvc", "repro"], repo, env={"KERAS_BACKEND": "jax"}).stderr
+    assert "with the jax backend" in output
+    on_jax = json.loads((repo / "metrics" / "eval.json").read_text())["test"]
+    assert on_jax["accuracy"] > 0.7  # it learned: 1,000 images, 2 epochs
+
+    import mlflow
+
+    client = client_for(repo)
+    tags = client.get_run(run_id_of(repo)).data.tags
+    assert tags["keras.backend"] == "jax"
+    assert tags["version.jax"] == importlib.metadata.version("jax")
+    requirements = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id_of(repo), artifact_path="model/requirements.txt", dst_path=str(tmp_path)
+        )
+    ).read_text()
+    # what `mlflow models serve` installs to run it: JAX, not TensorFlow
+    assert f"jax=={importlib.metadata.version('jax')}" in requirements
+    assert f"jaxlib=={importlib.metadata.version('jaxlib')}" in requirements
+    assert "tensorflow" not in requirements
+    assert "on jax" in (repo / "metrics" / "report.md").read_text()
+
+    # the model file is Keras's own format: TensorFlow reads the JAX-trained model and scores it the same
+    run(["dvc", "repro", "--force", "--single-item", "evaluate"], repo, env={"KERAS_BACKEND": "tensorflow"})
+    on_tensorflow = json.loads((repo / "metrics" / "eval.json").read_text())["test"]
+    assert on_tensorflow["errors"] == on_jax["errors"]
+    assert on_tensorflow["loss"] == pytest.approx(on_jax["loss"], rel=1e-4)
