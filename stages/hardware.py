@@ -23,7 +23,6 @@ def configure(seed: int, mixed_precision: bool) -> tuple[str, Any]:
     """
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's RNGs
     backend = keras.backend.backend()
-    gpus: list[str] = []
     scope: Any = contextlib.nullcontext()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -32,17 +31,34 @@ def configure(seed: int, mixed_precision: bool) -> tuple[str, Any]:
         physical = tf.config.list_physical_devices("GPU")
         for gpu in physical:
             tf.config.experimental.set_memory_growth(gpu, True)
-        gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in physical]
         if len(physical) > 1:
             scope = tf.distribute.MirroredStrategy().scope()
-    elif backend == "jax":
-        import jax
-
-        gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    gpus = gpu_names()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
-    names = ", ".join(sorted(set(gpus)))
-    device = f"{len(gpus)} x GPU ({names})" if gpus else f"CPU ({os.cpu_count()} cores)"
+    device = describe(gpus)
     precision = keras.mixed_precision.global_policy().name
     log.info("training on %s with the %s backend, precision %s", device, backend, precision)
     return device, scope
+
+
+def gpu_names() -> list[str]:
+    """The GPUs Keras's backend sees, by model name (none on CPU or an unknown backend)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                for g in tf.config.list_physical_devices("GPU")]  # fmt: skip
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    return []
+
+
+def describe(gpus: list[str]) -> str:
+    """`2 x GPU (NVIDIA H100)` or `CPU (16 cores)`: what MLflow's `device` tag and the benchmarks say."""
+    if gpus:
+        return f"{len(gpus)} x GPU ({', '.join(sorted(set(gpus)))})"
+    return f"CPU ({os.cpu_count()} cores)"

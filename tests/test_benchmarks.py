@@ -47,6 +47,21 @@ def test_train_speed_quick_runs_both_sides(small, tmp_path):
     assert "| mlp |" in table and "| fast_cnn |" in table
 
 
+def test_train_speed_gpu_path_runs_on_jax_and_says_where_it_ran(small, tmp_path):
+    # the command the README gives for a GPU machine, here on the CPU: Keras on JAX, side (a) only
+    out = tmp_path / "train_speed.json"
+    table = run(
+        [sys.executable, str(small / "bench" / "train_speed.py"), "--tutorial-only", "--quick",
+         "--output", str(out)],
+        small, env={"KERAS_BACKEND": "jax"},
+    ).stdout  # fmt: skip
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["preset"], r["side"], r["backend"]) for r in runs) == [
+        ("fast_cnn", "tutorial", "jax"), ("mlp", "tutorial", "jax")]  # fmt: skip
+    assert all(r["epoch_s"] > 0 and r["device"].startswith("CPU (") for r in runs)
+    assert "Tutorial side: CPU (" in table and "on Keras's jax backend" in table
+
+
 def test_time_to_accuracy_quick_records_every_epoch(small):
     bench(small, "time_to_accuracy.py", "--quick")
     runs = json.loads((small / "bench" / "time_to_accuracy.json").read_text())["runs"]
