@@ -185,8 +185,8 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-# The packages each Keras backend runs on: a served model needs them beside Keras.
-BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+# The packages the other Keras backends run on: a served model needs them beside Keras.
+BACKEND_PACKAGES = {"jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
 
 def library_versions() -> dict[str, str]:
