@@ -196,8 +196,16 @@ class ResumedCallbackState(keras.callbacks.Callback):
         super().__init__()
         self.state, self.stateful, self.finished = state, stateful, finished
 
-    def _finished_rows(self) -> list[dict[str, float]]:
-        return [row for row in self.state.history() if row["epoch"] <= self.finished]
+    def _replay(self, callbacks: list[keras.callbacks.Callback], *, learning_rates: bool) -> int:
+        """Feed the finished epochs' history rows to `callbacks` (each at its own learning rate, if asked);
+        how many rows there were."""
+        rows = [row for row in self.state.history() if row["epoch"] <= self.finished]
+        for row in rows:
+            if learning_rates:
+                self.model.optimizer.learning_rate = row["learning_rate"]
+            for callback in callbacks:
+                callback.on_epoch_end(int(row["epoch"]) - 1, dict(row))
+        return len(rows)
 
     def early_stopping_ended_the_run(self, model: keras.Model) -> bool:
         """Whether EarlyStopping had already ended the killed run (killed while its model was saved).
@@ -209,23 +217,16 @@ class ResumedCallbackState(keras.callbacks.Callback):
         for stopper in stoppers:
             stopper.set_model(model)
             stopper.on_train_begin()
-        for row in self._finished_rows():
-            for stopper in stoppers:
-                stopper.on_epoch_end(int(row["epoch"]) - 1, dict(row))
+        self._replay(stoppers, learning_rates=False)
         return any(stopper.stopped_epoch for stopper in stoppers)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        rows = self._finished_rows()
         plateau = any(isinstance(cb, keras.callbacks.ReduceLROnPlateau) for cb in self.stateful)
-        for row in rows:
-            if plateau:
-                self.model.optimizer.learning_rate = row["learning_rate"]
-            for callback in self.stateful:
-                callback.on_epoch_end(int(row["epoch"]) - 1, dict(row))
+        replayed = self._replay(self.stateful, learning_rates=plateau)
         for callback in self.stateful:
             if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights:
                 self._best_weights_into(callback)
-        log.info("replayed %d finished epochs into %s", len(rows),
+        log.info("replayed %d finished epochs into %s", replayed,
                  ", ".join(type(cb).__name__ for cb in self.stateful))  # fmt: skip
 
     def _best_weights_into(self, stopper: keras.callbacks.EarlyStopping) -> None:

@@ -19,8 +19,8 @@ def small(tmp_path_factory) -> Path:
     return pipeline_run_once(tmp_path_factory.mktemp("bench") / "repo")
 
 
-def bench(repo: Path, script: str, *args: str) -> str:
-    return run([sys.executable, str(repo / "bench" / script), *args], repo).stdout
+def bench(repo: Path, script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    return run([sys.executable, str(repo / "bench" / script), *args], repo, env=env).stdout
 
 
 def test_input_path_runs_every_variant(small, tmp_path):
@@ -50,11 +50,8 @@ def test_train_speed_quick_runs_both_sides(small, tmp_path):
 def test_train_speed_gpu_path_runs_on_jax_and_says_where_it_ran(small, tmp_path):
     # the command the README gives for a GPU machine, here on the CPU: Keras on JAX, side (a) only
     out = tmp_path / "train_speed.json"
-    table = run(
-        [sys.executable, str(small / "bench" / "train_speed.py"), "--tutorial-only", "--quick",
-         "--output", str(out)],
-        small, env={"KERAS_BACKEND": "jax"},
-    ).stdout  # fmt: skip
+    table = bench(small, "train_speed.py", "--tutorial-only", "--quick", "--output", str(out),
+                  env={"KERAS_BACKEND": "jax"})  # fmt: skip
     runs = json.loads(out.read_text())["runs"]
     assert sorted((r["preset"], r["side"], r["backend"]) for r in runs) == [
         ("fast_cnn", "tutorial", "jax"), ("mlp", "tutorial", "jax")]  # fmt: skip
