@@ -28,10 +28,12 @@ def small_model(seed: int) -> keras.Model:
     return model
 
 
-def stateful_pair(model: keras.Model, state: TrainState, finished: int) -> list[keras.callbacks.Callback]:
+def stateful_pair(
+    model: keras.Model, state: TrainState, finished: int, early_stopping_patience: int | None = 4
+) -> list[keras.callbacks.Callback]:
     """EarlyStopping and ReduceLROnPlateau as the train stage makes them (and the replay, when resuming)."""
     settings = Settings(optimizer="sgd", learning_rate=0.1, optimizer_options={}, epochs=10, batch_size=2,
-                        schedule="plateau", early_stopping_patience=4)  # fmt: skip
+                        schedule="plateau", early_stopping_patience=early_stopping_patience)  # fmt: skip
     callbacks = callbacks_for(settings, state, "run-id", has_val=True, finished_epochs=finished)
     assert isinstance(callbacks[0], EpochRecorder)
     for callback in callbacks[1:]:
@@ -43,11 +45,10 @@ def learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def test_resumed_callbacks_match_an_uninterrupted_run(tmp_path):
-    state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=True)
+def run_live(state: TrainState, live_model: keras.Model, live: list) -> dict[int, list[np.ndarray]]:
+    """Five epochs as an uninterrupted run sees them, recorded on disk as EpochRecorder does; the weights
+    after each."""
     state.start("run-id")
-    live_model = small_model(seed=0)
-    live = stateful_pair(live_model, state, finished=0)
     for callback in live:
         callback.on_train_begin()
     weights_after: dict[int, list[np.ndarray]] = {}
@@ -65,6 +66,14 @@ def test_resumed_callbacks_match_an_uninterrupted_run(tmp_path):
             state.save_checkpoint(live_model, epoch)
             for callback in live:
                 callback.on_epoch_end(epoch - 1, {k: v for k, v in row.items() if k != "epoch"})
+    return weights_after
+
+
+def test_resumed_callbacks_match_an_uninterrupted_run(tmp_path):
+    state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=True)
+    live_model = small_model(seed=0)
+    live = stateful_pair(live_model, state, finished=0)
+    weights_after = run_live(state, live_model, live)
     kept = [epoch for epoch, _ in state.checkpoints()]
     assert kept == [5, 4, 2]  # the newest two, and the best epoch's for EarlyStopping
 
@@ -99,3 +108,24 @@ def test_the_best_epochs_checkpoint_is_kept_only_for_early_stopping(tmp_path, ke
             fh.flush()
             state.save_checkpoint(model, epoch)
     assert [epoch for epoch, _ in state.checkpoints()] == kept
+
+
+def test_a_resumed_plateau_schedule_without_early_stopping_keeps_its_learning_rate(tmp_path):
+    """The checkpoint restores the halved rate, and without EarlyStopping no checkpoint is reloaded after
+    the replay: each replayed epoch must run at its own recorded rate, or the plateau halves it twice."""
+    state = TrainState(tmp_path / "train_state", "fingerprint")
+    live_model = small_model(seed=0)
+    live = stateful_pair(live_model, state, finished=0, early_stopping_patience=None)
+    run_live(state, live_model, live)
+
+    resumed_model = small_model(seed=99)
+    assert state.restore(resumed_model) == 5
+    assert learning_rate(resumed_model) == pytest.approx(0.05)  # restored with the weights
+    resumed = stateful_pair(resumed_model, state, finished=5, early_stopping_patience=None)
+    for callback in resumed:
+        callback.on_train_begin()
+
+    (live_plateau,), (plateau, _) = live, resumed
+    assert learning_rate(resumed_model) == pytest.approx(learning_rate(live_model))
+    assert (plateau.best, plateau.wait, plateau.cooldown_counter) == (
+        live_plateau.best, live_plateau.wait, live_plateau.cooldown_counter)  # fmt: skip
