@@ -15,13 +15,12 @@ import keras
 log = logging.getLogger(__name__)
 
 
-def configure(seed: int, mixed_precision: bool) -> tuple[str, Any]:
-    """Seed every RNG, make ops deterministic, pick the device(s); return (device description, scope).
+def configure(mixed_precision: bool) -> tuple[str, Any]:
+    """Make ops deterministic, pick the device(s); return (device description, scope).
 
     The scope is a `tf.distribute.MirroredStrategy` scope when several GPUs are visible, else a no-op:
-    build and compile the model inside it.
+    build and compile the model inside it. Seeding is `seeded_model`'s job, right before the build.
     """
-    keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's RNGs
     backend = keras.backend.backend()
     scope: Any = contextlib.nullcontext()
     if backend == "tensorflow":

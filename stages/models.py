@@ -358,8 +358,16 @@ def compiled_model(
     settings: Settings,
     n_train: int,
     steps_per_execution: int = STEPS_PER_EXECUTION,
+    *,
+    seed: int | None = None,
 ) -> keras.Model:
-    """The preset's model for `dataset`, compiled with `settings` (a schedule spans all training steps)."""
+    """The preset's model for `dataset`, compiled with `settings` (a schedule spans all training steps).
+
+    With `seed`, every RNG (Python's, NumPy's, the backend's) is seeded immediately before the build, so
+    the initial weights depend on the seed alone, never on what ran earlier in the process.
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     model = preset.build(dataset)
     steps = settings.epochs * int(np.ceil(n_train / settings.batch_size))
     learning_rate = learning_rate_for(settings.schedule, settings.learning_rate, steps)

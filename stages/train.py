@@ -341,7 +341,7 @@ def main() -> None:
     preset = PRESETS[params.train.model]
     settings = Settings.resolve(preset, params.train)
     meta = load_json(paths.prepared_meta(), produced_by="preprocess")
-    device, scope = hardware.configure(params.seed, params.train.mixed_precision)
+    device, scope = hardware.configure(params.train.mixed_precision)
     experiment_id = tracking.connect()  # fails in seconds if the store is unusable
     timing.lap("mlflow")
     train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
@@ -359,12 +359,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_name = os.environ.get("DVC_EXP_NAME") or f"{preset.name}-{meta['dataset']}-{stamp}"
     try:
-        run = mlflow.start_run(**_run_to_resume(state, experiment_id))
-        if state.run_id is None:
-            # Renamed after the start: MLflow draws its random name from Python's `random`, as Keras draws
-            # layer seeds, so naming the run at start_run would change every preset's initial weights
-            # from those the README's results were measured with.
-            mlflow.set_tag("mlflow.runName", run_name)
+        run = mlflow.start_run(**_run_to_resume(state, experiment_id, run_name))
         state.start(run.info.run_id)
         mlflow.set_tags(tracking.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name})
     except Exception as exc:
@@ -375,7 +370,7 @@ def main() -> None:
     timing.lap("mlflow")
     try:
         with scope:
-            model = compiled_model(preset, meta["dataset"], settings, len(train["x"]))
+            model = compiled_model(preset, meta["dataset"], settings, len(train["x"]), seed=params.seed)
             finished_epochs = state.restore(model)
         timing.lap("compute")
         counts = parameter_counts(model)
@@ -466,7 +461,7 @@ def _end_run_quietly(status: str) -> None:
         log.info("could not mark the MLflow run %s: %s", status, tracking.describe(exc))
 
 
-def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
+def _run_to_resume(state: TrainState, experiment_id: str, run_name: str) -> dict[str, str]:
     """`mlflow.start_run` arguments: the unfinished run of these checkpoints, or a new run."""
     if (stale := state.stale_run_id()) is not None:
         _mark_killed(stale)
@@ -477,7 +472,7 @@ def _run_to_resume(state: TrainState, experiment_id: str) -> dict[str, str]:
     if resumed is not None:
         log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
         state.clear()
-    return {"experiment_id": experiment_id}
+    return {"experiment_id": experiment_id, "run_name": run_name}
 
 
 def _run_exists(run_id: str) -> bool:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,6 +129,42 @@ def test_same_commit_and_params_give_identical_metrics(trained):
     assert (first["train"], first["val"]) == (second["train"], second["val"])
     drop_times = lambda text: [row.rsplit(",", 1)[0] for row in text.splitlines()]  # noqa: E731
     assert drop_times(history_before) == drop_times((trained / "metrics" / "train_history.csv").read_text())
+
+
+# Runs the real train stage up to model.fit(), then saves the weights it would start from and stops.
+INITIAL_WEIGHTS = """
+import runpy, sys, keras, numpy as np
+target = sys.argv[1]
+def fit(self, *args, **kwargs):
+    np.savez(target, *self.get_weights())
+    raise SystemExit(0)
+keras.Model.fit = fit
+sys.argv = ["train"]
+runpy.run_module("stages.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_initial_weights_depend_on_the_seed_alone(trained, tmp_path):
+    """The train stage seeds immediately before it builds the model: whatever draws from Python's or
+    NumPy's random state before that (MLflow naming a run, a library's import) changes no weight."""
+    import random
+
+    from stages.models import PRESETS, Settings, compiled_model
+
+    repo = tmp_path / "repo"
+    shutil.copytree(trained, repo, symlinks=True)
+    weights_file = tmp_path / "initial.npz"
+    run([sys.executable, "-c", INITIAL_WEIGHTS, str(weights_file)], repo, env={"PYTHONPATH": str(repo)})
+    with np.load(weights_file) as npz:
+        stage_weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+    preset = PRESETS[SMALL["train"]["model"]]
+    settings = Settings.for_preset(preset, epochs=SMALL["train"]["epochs"])
+    random.random(), np.random.random()  # draws the stage never makes: they must change nothing
+    reference = compiled_model(preset, "mnist", settings, 1000, seed=42).get_weights()
+    assert len(stage_weights) == len(reference)
+    for got, want in zip(stage_weights, reference, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_killed_training_resumes_from_its_last_finished_epoch(trained):
