@@ -40,7 +40,7 @@ def run_variant(variant: str, preset_name: str, epochs: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from stages.models import PRESETS, Settings, compiled_model
+    from stages.training.presets import PRESETS, Settings, compiled_model
 
     if variant == "threads":
         tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)

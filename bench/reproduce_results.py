@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.models import PRESETS  # noqa: E402
-from stages.tracking import EXPERIMENT, tracking_uri  # noqa: E402
+from stages.tracking.store import EXPERIMENT, tracking_uri  # noqa: E402
+from stages.training.presets import PRESETS  # noqa: E402
 
 # (preset, dataset) in the order they run: quick ones first, so a partial run still says something
 PLAN = [

@@ -32,9 +32,10 @@ def one_run(preset_name: str, epochs: int | None) -> dict:
     """Train one preset in this process; per-epoch training time and test accuracy."""
     import keras
 
-    from stages import hardware, paths
-    from stages.io import load_npz
-    from stages.models import PRESETS, Settings, compiled_model
+    from stages.core import paths
+    from stages.data.npz import load_npz
+    from stages.training import hardware
+    from stages.training.presets import PRESETS, Settings, compiled_model
 
     preset = PRESETS[preset_name]
     settings = Settings.for_preset(preset, epochs=epochs)

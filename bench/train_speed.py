@@ -46,8 +46,8 @@ def tutorial_run(preset_name: str, epochs: int) -> dict:
     import keras
     import numpy as np
 
-    from stages import hardware
-    from stages.models import PRESETS, Settings, compiled_model
+    from stages.training import hardware
+    from stages.training.presets import PRESETS, Settings, compiled_model
 
     keras.utils.set_random_seed(42)
     with np.load(ROOT / "data" / "prepared" / "train.npz") as npz:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from stages import paths, timing
-from stages.config import load_params
-from stages.errors import run_stage
-from stages.io import atomic_path
+from stages.core import paths, timing
+from stages.core.config import load_params
+from stages.core.io import atomic_path
+from stages.core.runner import run_stage
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages import paths, timing
-from stages.config import load_params
-from stages.datasets import DATASETS, Http, fetch_dataset, sources_for
-from stages.errors import run_stage
-from stages.io import save_npz, write_json
+from stages.core import paths, timing
+from stages.core.config import load_params
+from stages.core.io import write_json
+from stages.core.runner import run_stage
+from stages.data.catalogue import DATASETS
+from stages.data.http import Http
+from stages.data.npz import save_npz
+from stages.data.sources import fetch_dataset, sources_for
 
 
 def main() -> None:

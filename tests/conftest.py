@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.datasets import ARRAY_NAMES, IDX_FILES, DatasetSpec
-from stages.io import sha256_array
+from stages.data.catalogue import ARRAY_NAMES, IDX_FILES, DatasetSpec
+from stages.data.npz import sha256_array
 
 REPO = Path(__file__).resolve().parents[1]
 

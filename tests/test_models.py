@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from stages.config import PresetName, TrainConfig
-from stages.models import PRESETS, Settings, make_optimizer
+from stages.core.config import PresetName, TrainConfig
+from stages.training.presets import PRESETS, Settings, make_optimizer
 
 REFERENCE_COUNTS = {
     "mlp": 407_050,
@@ -72,9 +72,10 @@ def test_params_override_the_preset_and_drop_foreign_optimizer_options():
     assert changed.optimizer_options == {}  # Adagrad's accumulator option means nothing to Adam
 
 
-def test_model_code_is_backend_neutral():
+@pytest.mark.parametrize("module", ["architectures", "presets", "state", "callbacks"])
+def test_model_code_is_backend_neutral(module):
     """The presets use keras.* only, so they also run on the JAX backend (see the GPU benchmark)."""
-    tree = ast.parse((Path(__file__).parents[1] / "stages" / "models.py").read_text())
+    tree = ast.parse((Path(__file__).parents[1] / "stages" / "training" / f"{module}.py").read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)

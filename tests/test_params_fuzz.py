@@ -14,8 +14,8 @@ from conftest import REPO, pipeline_run_once, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages.config import load_params
-from stages.errors import ConfigError
+from stages.core.config import load_params
+from stages.core.errors import ConfigError
 
 VALID = yaml.safe_load((REPO / "params.yaml").read_text())
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import ran_stages, run, set_params
 
-from stages.datasets import DATASETS, verify
+from stages.data.catalogue import DATASETS
+from stages.data.decoders import verify
 
 pytestmark = pytest.mark.slow
 

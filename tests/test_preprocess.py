@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.config import PreprocessConfig
-from stages.errors import ConfigError
-from stages.io import load_npz, save_npz
-from stages.preprocess import split_indices, to_model_inputs
+from stages.core.config import PreprocessConfig
+from stages.core.errors import ConfigError
+from stages.data.npz import load_npz, save_npz
+from stages.data.splits import split_indices, to_model_inputs
 
 # Unbalanced on purpose, like MNIST's classes (5421 fives, 6742 ones)
 LABELS = np.repeat(np.arange(10, dtype=np.uint8), [590, 670, 600, 610, 580, 540, 590, 630, 590, 590])

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.datasets import DATASETS, Http, builtin_sources, fetch_dataset
+from stages.data.catalogue import DATASETS
+from stages.data.http import Http
+from stages.data.sources import builtin_sources, fetch_dataset
 
 pytestmark = pytest.mark.slow
 

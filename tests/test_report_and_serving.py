@@ -26,7 +26,7 @@ from conftest import (
 )
 from PIL import Image
 
-from stages.predict import load_image
+from stages.cli.predict import load_image
 
 pytestmark = pytest.mark.slow
 

@@ -1,20 +1,21 @@
-"""A resumed training's EarlyStopping and ReduceLROnPlateau carry on where the killed run left them.
+"""The resume state's rules against Keras' own callbacks, and its round trip through a checkpoint.
 
-`fit()` resets both callbacks when it starts. Here a "live" pair sees five epochs as an uninterrupted run
-would; a fresh pair, reset by `on_train_begin` as `fit()` does, is brought up to date from the history and
-checkpoints on disk by `ResumedCallbackState`. Both pairs must end in the same state.
+Early stopping and the plateau schedule are functions of `ResumeState` (stages/training/state.py). Here
+Keras' EarlyStopping and ReduceLROnPlateau, configured as the train stage's settings describe them, see
+the same histories as the reference: every epoch's decision (stop, the learning rate, the best epoch)
+must be the same. Then a state saved with a checkpoint and restored must carry on exactly as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import csv
-
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from stages.models import Settings
-from stages.train import HISTORY_FIELDS, EpochRecorder, TrainState, callbacks_for
+from stages.training.state import ResumeState, Rules, TrainState, advance, best_epoch
 
 VAL_LOSS = [1.0, 0.8, 0.85, 0.9, 0.95]  # best at epoch 2, then stalling: the plateau halves the rate
 VAL_ACCURACY = [0.50, 0.70, 0.65, 0.60, 0.60]  # best at epoch 2
@@ -28,104 +29,128 @@ def small_model(seed: int) -> keras.Model:
     return model
 
 
-def stateful_pair(
-    model: keras.Model, state: TrainState, finished: int, early_stopping_patience: int | None = 4
-) -> list[keras.callbacks.Callback]:
-    """EarlyStopping and ReduceLROnPlateau as the train stage makes them (and the replay, when resuming)."""
-    settings = Settings(optimizer="sgd", learning_rate=0.1, optimizer_options={}, epochs=10, batch_size=2,
-                        schedule="plateau", early_stopping_patience=early_stopping_patience)  # fmt: skip
-    callbacks = callbacks_for(settings, state, "run-id", has_val=True, finished_epochs=finished)
-    assert isinstance(callbacks[0], EpochRecorder)
-    for callback in callbacks[1:]:
-        callback.set_model(model)
-    return callbacks[1:]
-
-
 def learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def run_live(state: TrainState, live_model: keras.Model, live: list) -> dict[int, list[np.ndarray]]:
-    """Five epochs as an uninterrupted run sees them, recorded on disk as EpochRecorder does; the weights
-    after each."""
-    state.start("run-id")
-    for callback in live:
+def keras_reference(losses, accuracies, patience: int, plateau_patience: int = 2):
+    """Keras' callbacks as an uninterrupted fit() drives them: per epoch, (stop, learning rate after it,
+    best epoch so far)."""
+    model = small_model(seed=0)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                            restore_best_weights=True)  # fmt: skip
+    schedule = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.5,
+                                                 patience=plateau_patience)  # fmt: skip
+    decisions = []
+    for callback in (stopper, schedule):
+        callback.set_model(model)
         callback.on_train_begin()
-    weights_after: dict[int, list[np.ndarray]] = {}
-    with state.history_csv.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        for epoch, (loss, accuracy) in enumerate(zip(VAL_LOSS, VAL_ACCURACY, strict=True), start=1):
-            # an epoch of "training": new weights; then what EpochRecorder does, then the callbacks
-            live_model.set_weights([w + epoch for w in small_model(seed=epoch).get_weights()])
-            weights_after[epoch] = live_model.get_weights()
-            row = {"epoch": epoch, "loss": 0.0, "accuracy": 0.0, "val_loss": loss, "val_accuracy": accuracy,
-                   "learning_rate": learning_rate(live_model), "epoch_time_s": 1.0}  # fmt: skip
-            writer.writerow(row)
-            fh.flush()
-            state.save_checkpoint(live_model, epoch)
-            for callback in live:
-                callback.on_epoch_end(epoch - 1, {k: v for k, v in row.items() if k != "epoch"})
-    return weights_after
+    for epoch, (loss, accuracy) in enumerate(zip(losses, accuracies, strict=True)):
+        model.stop_training = False
+        logs = {"val_loss": loss, "val_accuracy": accuracy}
+        stopper.on_epoch_end(epoch, dict(logs))
+        schedule.on_epoch_end(epoch, dict(logs))
+        decisions.append((model.stop_training, learning_rate(model), stopper.best_epoch + 1))
+    return decisions
 
 
-def test_resumed_callbacks_match_an_uninterrupted_run(tmp_path):
-    state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=True)
+def ours(losses, accuracies, patience: int, plateau_patience: int = 2):
+    rules = Rules(monitor="val_accuracy", patience=patience, plateau=True, plateau_patience=plateau_patience)
+    state, rate, decisions = ResumeState(), 0.1, []
+    for loss, accuracy in zip(losses, accuracies, strict=True):
+        row = {"val_loss": loss, "val_accuracy": accuracy, "learning_rate": rate}
+        state = advance(state, row, rules)
+        rate = float(np.float32(state.learning_rate))  # the optimizer keeps it as float32
+        decisions.append((state.stopped, rate, best_epoch(state, rules)))
+    return decisions
+
+
+def until_stopped(decisions):
+    """A training ends at its first stop: later epochs never happen."""
+    stops = [i for i, (stopped, _, _) in enumerate(decisions) if stopped]
+    return decisions[: stops[0] + 1] if stops else decisions
+
+
+def test_early_stopping_and_the_plateau_decide_as_keras_callbacks_do():
+    assert ours(VAL_LOSS, VAL_ACCURACY, patience=4) == keras_reference(VAL_LOSS, VAL_ACCURACY, patience=4)
+    # halved once after epoch 4 (two epochs without a better loss after epoch 2), and no stop in five
+    assert ours(VAL_LOSS, VAL_ACCURACY, patience=4)[-1] == (False, pytest.approx(0.05), 2)
+    assert ours(VAL_LOSS, VAL_ACCURACY, patience=2)[3][0]  # patience 2: stops after epoch 4
+
+
+# rounded, so that ties happen, and values within the plateau's min_delta (1e-4) of each other
+metric = st.floats(0.0, 1.0, allow_nan=False).map(lambda v: round(v, 2)) | st.sampled_from(
+    [0.5, 0.49995, 0.49990, 0.4998, 0.50005]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    histories=st.lists(st.tuples(metric, metric), min_size=1, max_size=12),
+    patience=st.integers(1, 4),
+    plateau_patience=st.integers(1, 3),
+)
+def test_any_history_gives_the_decisions_of_keras_callbacks(histories, patience, plateau_patience):
+    losses, accuracies = zip(*histories, strict=True)
+    assert until_stopped(ours(losses, accuracies, patience, plateau_patience)) == until_stopped(
+        keras_reference(losses, accuracies, patience, plateau_patience)
+    )
+
+
+def run_epochs(train_state: TrainState, model: keras.Model, rules: Rules, epochs: range, state=None):
+    """Epochs of "training" (new weights each) recorded as the train stage's EpochEnd does; the weights
+    after each, and the final state."""
+    state = state or ResumeState()
+    weights_after = {}
+    for epoch in epochs:
+        model.set_weights([w + epoch for w in small_model(seed=epoch).get_weights()])
+        weights_after[epoch] = model.get_weights()
+        row = {"val_loss": VAL_LOSS[epoch - 1], "val_accuracy": VAL_ACCURACY[epoch - 1],
+               "learning_rate": learning_rate(model)}  # fmt: skip
+        state = advance(state, row, rules)
+        if rules.plateau:
+            model.optimizer.learning_rate = state.learning_rate
+        train_state.save(model, state, rules)
+    return weights_after, state
+
+
+def test_a_resumed_state_carries_on_as_an_uninterrupted_one(tmp_path):
+    rules = Rules(monitor="val_accuracy", patience=4, plateau=True)
+    live_state = TrainState(tmp_path / "live", "fingerprint", keep_best=True)
     live_model = small_model(seed=0)
-    live = stateful_pair(live_model, state, finished=0)
-    weights_after = run_live(state, live_model, live)
-    kept = [epoch for epoch, _ in state.checkpoints()]
-    assert kept == [5, 4, 2]  # the newest two, and the best epoch's for EarlyStopping
+    _, uninterrupted = run_epochs(live_state, live_model, rules, range(1, 6))
 
+    killed = TrainState(tmp_path / "killed", "fingerprint", keep_best=True)
+    weights_after, _ = run_epochs(killed, small_model(seed=0), rules, range(1, 4))  # killed after epoch 3
     resumed_model = small_model(seed=99)
-    assert state.restore(resumed_model) == 5
-    resumed = stateful_pair(resumed_model, state, finished=5)
-    for callback in resumed:
-        callback.on_train_begin()  # what fit() does: resets the pair, then the replay runs last
+    state = killed.restore(resumed_model)
+    assert state.epoch == 3
+    for got, want in zip(resumed_model.get_weights(), weights_after[3], strict=True):
+        np.testing.assert_array_equal(got, want)  # training goes on from the newest checkpoint
+    _, resumed = run_epochs(killed, resumed_model, rules, range(4, 6), state)
 
-    (live_stop, live_plateau), (stop, plateau, _) = live, resumed
-    assert learning_rate(live_model) == pytest.approx(0.05)  # halved once, after epoch 4
-    assert learning_rate(resumed_model) == pytest.approx(learning_rate(live_model))
-    assert (stop.best, stop.best_epoch, stop.wait) == (live_stop.best, live_stop.best_epoch, live_stop.wait)
-    assert (plateau.best, plateau.wait, plateau.cooldown_counter) == (
-        live_plateau.best, live_plateau.wait, live_plateau.cooldown_counter)  # fmt: skip
-    for got, want in zip(stop.best_weights, weights_after[2], strict=True):
-        np.testing.assert_array_equal(got, want)  # the best epoch's weights, from its checkpoint
-    for got, want in zip(resumed_model.get_weights(), weights_after[5], strict=True):
-        np.testing.assert_array_equal(got, want)  # and training goes on from the newest
+    assert resumed == uninterrupted  # best, wait, learning rate, history: all as if never killed
+    assert learning_rate(resumed_model) == pytest.approx(learning_rate(live_model)) == pytest.approx(0.05)
+    assert killed.load_weights(resumed_model, best_epoch(resumed, rules))  # the best epoch's is kept
+    for got, want in zip(resumed_model.get_weights(), weights_after[2], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_state_round_trips_through_json():
+    rules = Rules(monitor="val_accuracy", patience=2, plateau=True)
+    state = ResumeState()
+    for loss, accuracy in zip(VAL_LOSS, VAL_ACCURACY, strict=True):
+        state = advance(state, {"val_loss": loss, "val_accuracy": accuracy, "learning_rate": 0.1}, rules)
+    assert ResumeState.from_dict(state.to_dict()) == state
 
 
 @pytest.mark.parametrize(("keep_best", "kept"), [(True, [5, 4, 2]), (False, [5, 4])])
 def test_the_best_epochs_checkpoint_is_kept_only_for_early_stopping(tmp_path, keep_best, kept):
-    state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=keep_best)
-    state.start("run-id")
-    model = small_model(seed=0)
-    with state.history_csv.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        for epoch, accuracy in enumerate(VAL_ACCURACY, start=1):
-            writer.writerow({"epoch": epoch, "val_accuracy": accuracy})
-            fh.flush()
-            state.save_checkpoint(model, epoch)
-    assert [epoch for epoch, _ in state.checkpoints()] == kept
-
-
-def test_a_resumed_plateau_schedule_without_early_stopping_keeps_its_learning_rate(tmp_path):
-    """The checkpoint restores the halved rate, and without EarlyStopping no checkpoint is reloaded after
-    the replay: each replayed epoch must run at its own recorded rate, or the plateau halves it twice."""
-    state = TrainState(tmp_path / "train_state", "fingerprint")
-    live_model = small_model(seed=0)
-    live = stateful_pair(live_model, state, finished=0, early_stopping_patience=None)
-    run_live(state, live_model, live)
-
-    resumed_model = small_model(seed=99)
-    assert state.restore(resumed_model) == 5
-    assert learning_rate(resumed_model) == pytest.approx(0.05)  # restored with the weights
-    resumed = stateful_pair(resumed_model, state, finished=5, early_stopping_patience=None)
-    for callback in resumed:
-        callback.on_train_begin()
-
-    (live_plateau,), (plateau, _) = live, resumed
-    assert learning_rate(resumed_model) == pytest.approx(learning_rate(live_model))
-    assert (plateau.best, plateau.wait, plateau.cooldown_counter) == (
-        live_plateau.best, live_plateau.wait, live_plateau.cooldown_counter)  # fmt: skip
+    rules = Rules(monitor="val_accuracy", patience=10 if keep_best else None)
+    train_state = TrainState(tmp_path / "train_state", "fingerprint", keep_best=keep_best)
+    train_state.start("run-id")
+    run_epochs(train_state, small_model(seed=0), rules, range(1, 6))
+    assert [epoch for epoch, _ in train_state.checkpoints()] == kept
+    assert sorted(p.name for p in train_state.state_dir.iterdir()) == [
+        f"epoch-{e:04d}.json" for e in sorted(kept)
+    ]

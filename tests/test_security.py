@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import REPO, user_env
 
-from stages.errors import StageError
-from stages.io import load_model, load_npz
+from stages.core.errors import StageError
+from stages.core.io import load_model
+from stages.data.npz import load_npz
 
 
 def test_a_model_that_would_run_code_when_loaded_is_refused(tmp_path):

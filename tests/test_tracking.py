@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO, FixtureServer, user_env
 
-from stages import tracking
-from stages.errors import ConfigError, StageError
+from stages.core.errors import ConfigError, StageError
+from stages.tracking import lineage, store
 
 
 def test_repository_root_is_found_from_inside_a_dvc_experiment_copy(tmp_path):
     inside = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpabc123" / "stages"
-    assert tracking.repository_root(inside) == tmp_path / "proj"
-    assert tracking.repository_root(tmp_path / "proj") == tmp_path / "proj"
+    assert store.repository_root(inside) == tmp_path / "proj"
+    assert store.repository_root(tmp_path / "proj") == tmp_path / "proj"
 
 
 def test_default_store_is_the_absolute_repository_root_sqlite_file(tmp_path, monkeypatch):
@@ -26,10 +26,10 @@ def test_default_store_is_the_absolute_repository_root_sqlite_file(tmp_path, mon
     exp_copy = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpxyz"
     exp_copy.mkdir(parents=True)
     monkeypatch.chdir(exp_copy)
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     assert uri == f"sqlite:///{tmp_path / 'proj' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert store.tracking_uri() == "http://127.0.0.1:5000"
 
 
 def test_connect_puts_the_sqlite_store_in_wal_mode_and_artifacts_beside_it(tmp_path, monkeypatch):
@@ -37,8 +37,8 @@ def test_connect_puts_the_sqlite_store_in_wal_mode_and_artifacts_beside_it(tmp_p
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=5")
     monkeypatch.chdir(tmp_path.parent)
-    first = tracking.connect("exp")
-    assert tracking.connect("exp") == first
+    first = store.connect("exp")
+    assert store.connect("exp") == first
     with sqlite3.connect(tmp_path / "mlflow.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with mlflow.start_run(experiment_id=first) as run:
@@ -54,32 +54,30 @@ def test_unreachable_server_fails_in_seconds_naming_the_uri(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     started = time.monotonic()
     with pytest.raises(StageError) as caught:
-        tracking.connect("exp")
+        store.connect("exp")
     assert f"the MLflow tracking store {closed} is not usable" in str(caught.value)
     assert "unset MLFLOW_TRACKING_URI" in str(caught.value)
     assert time.monotonic() - started < 30
 
 
 def test_passwords_are_redacted_and_never_logged():
-    assert (
-        tracking.redact("https://alice:s3cret@mlflow.example.org") == "https://alice:***@mlflow.example.org"
-    )
-    assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert store.redact("https://alice:s3cret@mlflow.example.org") == "https://alice:***@mlflow.example.org"
+    assert store.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     with pytest.raises(ConfigError, match="holds a URI with a password"):
-        tracking.check_no_secrets({"data.local_dir": "https://bob:pw@host/x"})
-    tracking.check_no_secrets({"data.local_dir": "None", "train.model": "fast_cnn"})
+        lineage.check_no_secrets({"data.local_dir": "https://bob:pw@host/x"})
+    lineage.check_no_secrets({"data.local_dir": "None", "train.model": "fast_cnn"})
 
 
 def test_flattened_params(tmp_path: Path):
-    flat = dict(tracking.flatten({"seed": 1, "data": {"dataset": "mnist", "sources": None, "t": [1, 2]}}))
+    flat = dict(lineage.flatten({"seed": 1, "data": {"dataset": "mnist", "sources": None, "t": [1, 2]}}))
     assert flat == {"seed": "1", "data.dataset": "mnist", "data.sources": "None", "data.t": "[1, 2]"}
 
 
 WRITER = """
 import sys
 import mlflow
-from stages import tracking
-experiment = tracking.connect("stress")
+from stages.tracking import store
+experiment = store.connect("stress")
 with mlflow.start_run(experiment_id=experiment):
     for step in range(150):
         mlflow.log_metrics({"a": step, "b": -step}, step=step)
@@ -94,7 +92,7 @@ def test_two_processes_write_the_default_store_at_once_without_database_locked(t
     import mlflow
 
     env = user_env(PYTHONPATH=str(REPO))  # no MLFLOW_TRACKING_URI: the default store
-    create = "from stages import tracking; tracking.connect('stress')"
+    create = "from stages.tracking import store; store.connect('stress')"
     subprocess.run([sys.executable, "-c", create], cwd=tmp_path, env=env, capture_output=True, check=True)
     writers = [
         subprocess.Popen(
@@ -123,8 +121,8 @@ def test_lineage_tags_name_the_experiment_the_data_and_the_library_versions(monk
     import tensorflow as tf
 
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1234")
-    tags = tracking.lineage_tags("abc123", "CPU (2 cores)")
+    tags = lineage.lineage_tags("abc123", "CPU (2 cores)")
     assert tags["dvc.experiment"] == "exp-1234" and tags["data.content_sha256"] == "abc123"
     assert tags["version.keras"] == keras.__version__ and tags["version.mlflow"] == mlflow.__version__
     assert tags["version.tensorflow"] == tf.__version__  # the backend of this test environment
-    assert tracking.library_versions() == {"keras": keras.__version__, "tensorflow": tf.__version__}
+    assert lineage.library_versions() == {"keras": keras.__version__, "tensorflow": tf.__version__}

@@ -149,10 +149,10 @@ def test_initial_weights_depend_on_the_seed_alone(trained, tmp_path):
     NumPy's random state before that (MLflow naming a run, a library's import) changes no weight."""
     import random
 
-    from stages.models import PRESETS, Settings, compiled_model
+    from stages.training.presets import PRESETS, Settings, compiled_model
 
-    repo = tmp_path / "repo"
-    shutil.copytree(trained, repo, symlinks=True)
+    repo = tmp_path / "repo"  # a copy without the MLflow store, which the other tests share and read
+    shutil.copytree(trained, repo, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns"))
     weights_file = tmp_path / "initial.npz"
     run([sys.executable, "-c", INITIAL_WEIGHTS, str(weights_file)], repo, env={"PYTHONPATH": str(repo)})
     with np.load(weights_file) as npz:

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from stages import paths, tracking
-from stages.datasets import DATASETS
-from stages.errors import StageError, run_stage
-from stages.io import load_model
+from stages.core import paths
+from stages.core.errors import StageError
+from stages.core.io import load_model
+from stages.core.runner import run_stage
+from stages.data.catalogue import DATASETS
+from stages.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,11 @@ class Classifier:
         else:
             import mlflow
 
-            tracking.connect()
+            store.connect()
             try:
                 self._model = mlflow.pyfunc.load_model(source)
             except Exception as exc:  # MlflowException for an unknown name, alias or run
-                raise StageError(f"cannot load the model {source}: {tracking.describe(exc)}") from exc
+                raise StageError(f"cannot load the model {source}: {store.describe(exc)}") from exc
             import keras
 
             keras.utils.disable_interactive_logging()  # the flavour's predict would draw a progress bar
@@ -120,7 +122,7 @@ def default_model() -> str:
     """The local model if the pipeline has produced one, else the registry's champion."""
     if paths.model_file().exists():
         return str(paths.model_file())
-    from stages.config import load_params
+    from stages.core.config import load_params
 
     params = load_params()
     return f"models:/{params.train.registered_model}@{params.promote.alias}"

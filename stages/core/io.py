@@ -1,40 +1,32 @@
-"""File I/O every stage shares: atomic writes, byte-reproducible .npz files, and safe loading.
+"""Files every stage shares: atomic writes, and loading an earlier stage's output with a message that
+says which stage to rerun.
 
 Atomic: a stage writes to a temporary path beside the destination and renames it into place, so the
 next stage never sees a half-written file, whatever kills the writer.
-Reproducible: `np.savez` stamps each zip member with the current time, so the same arrays give a new
-file hash on every run and DVC would rerun every downstream stage; we write the members ourselves with
-a fixed timestamp instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
-import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from stages.errors import StageError
-
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+from stages.core.errors import StageError
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once on the first write (reading it means setting it, briefly)."""
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()
 
 
 @contextlib.contextmanager
@@ -55,7 +47,7 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
         raise StageError(f"cannot write in {dest.parent}: {exc.strerror}; check its permissions") from exc
     try:
         yield tmp
-        tmp.chmod((0o777 if directory else 0o666) & ~_UMASK)  # mkstemp/mkdtemp make them private
+        tmp.chmod((0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make them private
         if directory and dest.exists():
             shutil.rmtree(dest)
         tmp.replace(dest)
@@ -75,43 +67,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def save_npz(dest: Path | str, arrays: Mapping[str, np.ndarray], *, compress: bool = False) -> None:
-    """Write `arrays` as an .npz that `np.load` reads, atomically and with the same bytes every time.
-
-    `compress` deflates at level 1: for MNIST's raw pixels, 12.8 MB in 0.34 s, where numpy's level 6
-    gives 11.5 MB in 0.74 s (the two read back equally fast).
-    """
-    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", compression=compression, allowZip64=True) as zf:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = compression
-            info.external_attr = 0o644 << 16
-            if compress:  # only writestr() takes a compression level: the array is serialized in memory
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
-                zf.writestr(info, buffer.getbuffer(), compresslevel=1)
-                continue
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-
-
-def load_npz(path: Path | str, keys: tuple[str, ...], *, produced_by: str) -> dict[str, np.ndarray]:
-    """Load the named arrays from an .npz, or fail with a message that says which stage to rerun."""
-    path = Path(path)
-    rerun = f"rerun `dvc repro {produced_by}` to rebuild it"
-    if not path.exists():
-        raise StageError(f"{path} is missing: {rerun}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in keys if key not in npz.files]
-            if missing:
-                raise StageError(f"{path} lacks the arrays {missing} (has {npz.files}): {rerun}")
-            return {key: npz[key] for key in keys}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise StageError(f"{path} is corrupt or truncated ({exc}): {rerun}") from exc
 
 
 def load_model(path: Path | str, *, produced_by: str = "train"):
@@ -154,11 +109,6 @@ def write_json(dest: Path | str, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
-def sha256_array(array: np.ndarray) -> str:
-    """The content hash of an array's bytes in C order: what data-sources.md's hashes are computed on."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def file_digest(path: Path | str, algorithm: str = "sha256") -> str:

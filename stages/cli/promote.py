@@ -13,10 +13,13 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from stages import paths, runs, tracking
-from stages.config import load_params
-from stages.errors import StageError, run_stage
-from stages.io import load_json
+from stages.core import paths
+from stages.core.config import load_params
+from stages.core.errors import StageError
+from stages.core.io import load_json
+from stages.core.runner import run_stage
+from stages.tracking import store
+from stages.tracking.queries import champion_run_id
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def decide(model_name: str, alias: str, run_id: str, margin: float) -> Decision:
     if accuracy is None:
         raise StageError(f"run {run_id} has no test_accuracy yet: run `dvc repro evaluate` first")
 
-    champion_version, champion_run = runs.champion_run_id(model_name, alias)
+    champion_version, champion_run = champion_run_id(model_name, alias)
     if champion_version == challenger.version:
         return Decision(False, f"version {challenger.version} is already the {alias}; nothing changed")
     if champion_run is not None:
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.margin < 1:
         parser.error("--margin must be in [0, 1)")
     run_id = args.run_id or load_json(paths.run_record(), produced_by="train")["run_id"]
-    tracking.connect()
+    store.connect()
     decision = decide(params.train.registered_model, params.promote.alias, run_id, args.margin)
     print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
 

@@ -1,21 +1,12 @@
-"""Reading runs back from MLflow as a pandas table: shared by the report, `mnist-runs` and `mnist-promote`.
-
-`mnist-runs` prints the last N runs of the pipeline's experiment: preset, the params that differ between
-them, parameter counts, validation and test accuracy, training time and commit.
-"""
+"""Runs read back from MLflow as pandas tables: the report's comparison, `mnist-runs` and `mnist-promote`."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 from typing import Any
 
 import pandas as pd
 
-from stages import tracking
-from stages.errors import StageError, run_stage
-
-log = logging.getLogger(__name__)
+from stages.tracking.store import EXPERIMENT
 
 # Columns of mlflow.search_runs' frame -> the comparison table's headings.
 SUMMARY_COLUMNS = {
@@ -40,9 +31,7 @@ _NOT_COMPARED_PREFIXES = (
 _NOT_COMPARED = {"params.train.model", "params.evaluate.misclassified_examples"}
 
 
-def search(
-    experiment: str = tracking.EXPERIMENT, limit: int = 10, run_ids: list[str] | None = None
-) -> pd.DataFrame:
+def search(experiment: str = EXPERIMENT, limit: int = 10, run_ids: list[str] | None = None) -> pd.DataFrame:
     """The newest finished runs of the experiment (or the given runs), newest first; empty if none."""
     import mlflow
 
@@ -113,42 +102,3 @@ def champion_run_id(model_name: str, alias: str) -> tuple[str | None, str | None
     except MlflowException:  # no such model, or no such alias: no champion yet
         return None, None
     return version.version, version.run_id
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="mnist-runs",
-        description="Print the last runs of the pipeline from MLflow, with the params that differ.",
-    )
-    parser.add_argument("-n", "--last", type=int, default=10, help="how many runs (default 10)")
-    parser.add_argument("--experiment", default=tracking.EXPERIMENT, help="MLflow experiment name")
-    parser.add_argument(
-        "--format", choices=("plain", "markdown", "csv"), default="plain", help="table format (default plain)"
-    )
-    args = parser.parse_args(argv)
-    if args.last < 1:
-        parser.error("--last must be at least 1")
-    tracking.connect(args.experiment)
-    runs = search(args.experiment, args.last)
-    if runs.empty:
-        raise StageError(
-            f"no finished runs in the MLflow experiment {args.experiment!r} "
-            f"at {tracking.redact(tracking.tracking_uri())}: "
-            "run `dvc repro` first, or set MLFLOW_TRACKING_URI to the store that has them"
-        )
-    table = comparison(runs)
-    if args.format == "markdown":
-        print(table.to_markdown(index=False))
-    elif args.format == "csv":
-        print(table.to_csv(index=False), end="")
-    else:
-        print(table.to_string(index=False))
-
-
-def cli() -> None:
-    """Console-script entry point."""
-    run_stage(main)
-
-
-if __name__ == "__main__":
-    cli()

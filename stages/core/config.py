@@ -23,13 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-from stages.datasets import builtin_source_names
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
+from stages.data.catalogue import builtin_source_names
 
 PARAMS_FILE = Path("params.yaml")
 
 DatasetName = Literal["mnist", "fashion_mnist"]
-# Kept here rather than imported from stages.models so that validating params never imports Keras;
+# Kept here rather than imported from stages.training.presets so that validating params never imports Keras;
 # tests/test_models.py checks the two lists agree.
 PresetName = Literal["mlp", "mlp_dropout", "cnn", "cnn_deep", "cnn_fashion", "fast_cnn", "best_cnn"]
 OptimizerName = Literal["rmsprop", "adam", "adamw", "sgd", "adadelta", "adagrad"]
@@ -133,7 +133,7 @@ class ReportConfig(_Section):
 
 
 class PromoteConfig(_Section):
-    """When a new model version becomes the `champion` (see stages/promote.py)."""
+    """When a new model version becomes the `champion` (see stages/cli/promote.py)."""
 
     alias: str = Field(default="champion", min_length=1, pattern=r"^[A-Za-z][\w\-]*$")
     margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # test accuracy it must beat the champion's by

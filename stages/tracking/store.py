@@ -9,21 +9,17 @@ that readers (the UI, `dvc exp show`) never block a writer.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import logging
 import os
-import platform
 import re
 import sqlite3
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from stages.errors import ConfigError, StageError, scrub
+from stages.core.errors import StageError, scrub
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +123,67 @@ def connect(experiment: str = EXPERIMENT) -> str:
         ) from exc
 
 
-def is_store_error(exc: BaseException) -> bool:
-    """An error of the tracking store or the way to it (rather than a bug): worth a retry or a message."""
+# MLflow's error codes for a store that may answer if asked again (HTTP 429, 503, 504).
+TRANSIENT_CODES = {
+    "TEMPORARILY_UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "REQUEST_LIMIT_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+}
+_HTTP_STATUS = re.compile(r"failed with error code (\d{3})")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The error and every error it was raised from or while handling (MLflow wraps requests' errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the store failed in a way that may pass: no connection, a timeout, HTTP 429 or 5xx, a
+    locked or lost database. Anything else (a refused value, a missing run, a bug) is not worth a retry."""
     import requests
+    from mlflow.exceptions import MlflowException, RestException
+    from sqlalchemy.exc import OperationalError
+
+    connection_errors = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                         ConnectionError, TimeoutError, OperationalError)  # fmt: skip
+    for error in _chain(exc):
+        if isinstance(error, connection_errors):
+            return True
+        if isinstance(error, MlflowException):
+            if error.error_code in TRANSIENT_CODES:
+                return True
+            if isinstance(error, RestException) and error.get_http_status_code() >= 500:
+                return True
+            status = _HTTP_STATUS.search(str(error))
+            if status and (status.group(1) == "429" or status.group(1).startswith("5")):
+                return True
+    return False
+
+
+def run_exists(run_id: str) -> bool | None:
+    """Whether the run is in the store: True, False, or None when the store did not answer (can't tell)."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    return isinstance(exc, MlflowException | requests.RequestException)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if is_transient(exc):
+            return None
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:  # gone, or malformed
+            return False
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            return None
+        raise
+    return True
 
 
 def store_failure(what: str, exc: BaseException) -> StageError:
@@ -145,15 +196,20 @@ def store_failure(what: str, exc: BaseException) -> StageError:
 
 
 def retrying(action: Callable[[], T], what: str, patience_s: float = PATIENCE_S) -> T:
-    """`action()`, retried while the store does not answer, for up to `patience_s`; then a StageError."""
+    """`action()`, retried while the store fails transiently, for up to `patience_s`; then a StageError.
+    Any other MLflow error stops at once, with MLflow's own message."""
+    from mlflow.exceptions import MlflowException
+
     deadline = time.monotonic() + patience_s
     while True:
         try:
             return action()
         except Exception as exc:
-            left = deadline - time.monotonic()
-            if not is_store_error(exc):
+            if not is_transient(exc):
+                if isinstance(exc, MlflowException):
+                    raise StageError(f"{what} failed: MLflow refused it: {describe(exc)}") from exc
                 raise
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise store_failure(what, exc) from exc
             log.warning("%s: the tracking store did not answer (%s); retrying for %.0f s", what,
@@ -165,77 +221,3 @@ def describe(exc: BaseException) -> str:
     """The first line of an error, passwords masked: fit for a log line or a message."""
     text = scrub(str(exc)).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-
-
-def flatten(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    """params.yaml as MLflow params: `train.model` -> `fast_cnn`; lists and None as text."""
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, f"{name}.")
-        else:
-            yield name, str(value)
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-# The packages the other Keras backends run on: a served model needs them beside Keras.
-BACKEND_PACKAGES = {"jax": ("jax", "jaxlib"), "torch": ("torch",)}
-
-
-def library_versions() -> dict[str, str]:
-    """The versions a trained model depends on: Keras and the packages of the backend it ran on."""
-    import keras
-
-    versions = {"keras": keras.__version__}
-    backend = keras.backend.backend()
-    if backend == "tensorflow":  # by import: TensorFlow ships under several names (tensorflow-cpu, ...)
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    else:
-        for package in BACKEND_PACKAGES.get(backend, ()):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                versions[package] = importlib.metadata.version(package)
-    return versions
-
-
-def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
-    """Which code, data and experiment produced a run, and on what."""
-    import keras
-    import mlflow
-
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    tags = {
-        "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
-        "dvc.experiment": os.environ.get("DVC_EXP_NAME", "(workspace)"),
-        "data.content_sha256": data_hash,
-        "device": device,
-        "keras.backend": keras.backend.backend(),
-        "version.mlflow": mlflow.__version__,
-        "version.python": platform.python_version(),
-    }
-    tags |= {f"version.{name}": version for name, version in library_versions().items()}
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-_SECRET = re.compile(r"(password|secret|token|key)", re.IGNORECASE)
-
-
-def check_no_secrets(values: Mapping[str, str]) -> None:
-    """Refuse to log anything that looks like a credential (user:password@ in a URI)."""
-    for key, value in values.items():
-        if "@" in value and urlsplit(value).password is not None:
-            raise ConfigError(f"{key} holds a URI with a password; refusing to log it to MLflow")
-        if _SECRET.search(key) and value not in ("None", ""):
-            raise ConfigError(f"{key} looks like a credential; refusing to log it to MLflow")

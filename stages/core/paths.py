@@ -46,6 +46,11 @@ def model_file(root: Path = MODEL_DIR) -> Path:
     return root / "model.keras"
 
 
+def model_config(root: Path = MODEL_DIR) -> Path:
+    """JSON with the effective settings the model was trained with (preset, optimizer, seed, data...)."""
+    return root / "config.json"
+
+
 def run_record(root: Path = MODEL_DIR) -> Path:
     """JSON with the MLflow run id that train created, for evaluate and report to log into."""
     return root / "run.json"

@@ -1,0 +1,144 @@
+"""The report's content: the training curves, and the page as Markdown or as self-contained HTML.
+
+Figures are drawn on matplotlib `Figure` objects rather than through pyplot, so no GUI backend is chosen.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import markdown
+import pandas as pd
+from matplotlib.figure import Figure
+
+from stages.core import paths
+from stages.core.config import Params
+from stages.core.io import atomic_path
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def save_training_curves(history: pd.DataFrame, dest: Path) -> None:
+    """Accuracy and loss per epoch, training beside validation."""
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        ax.plot(history["epoch"], history[metric], marker="o", label="train")
+        if f"val_{metric}" in history and history[f"val_{metric}"].notna().any():
+            ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def _table(frame: pd.DataFrame, index: bool = False) -> str:
+    return frame.to_markdown(index=index, floatfmt=".4f") if not frame.empty else "(none)"
+
+
+def render(
+    params: Params,
+    run: Any,
+    figures: dict[str, Any],
+    comparison: pd.DataFrame,
+    champion: tuple[str | None, str | None],
+    image: Callable[[Path], str],
+) -> str:
+    """The report as Markdown; `image` turns a PNG path into the link the output format needs."""
+    train, evaluation, meta, provenance = (figures[k] for k in ("train", "eval", "meta", "provenance"))
+    test = evaluation["test"]
+    tags, logged = run.data.tags, run.data.params
+    commit = tags.get("git.commit", "unknown")[:12]
+    dirty = " (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""
+    preset = params.train.model
+    val = train.get("val") or {}
+    result = pd.DataFrame(
+        [
+            {
+                "test accuracy": f"{100 * test['accuracy']:.2f}%",
+                "test errors": test["errors"],
+                "test loss": f"{test['loss']:.4f}",
+                "macro F1": f"{test['macro_f1']:.4f}",
+                "val accuracy": f"{100 * val['accuracy']:.2f}%" if val else "",
+                "epochs": train["epochs"],
+                "train time": f"{train['train_time_s']:.0f} s",
+            }
+        ]
+    )
+    settings = {k.removeprefix("effective."): v for k, v in logged.items() if k.startswith("effective.")}
+    counts = train["params"]
+    per_class = pd.DataFrame.from_dict(evaluation["per_class"], orient="index").rename_axis("class")
+    version, champion_run = champion
+    if version is None:
+        champion_line = f"No model carries the `{params.promote.alias}` alias yet (`mnist-promote` sets it)."
+    elif champion_run == run.info.run_id:
+        champion_line = f"This run's model is the `{params.promote.alias}` (version {version})."
+    else:
+        champion_line = (
+            f"The `{params.promote.alias}` is version {version} of `{params.train.registered_model}` "
+            f"(run `{champion_run[:8]}`)."
+        )
+    experiment = tags.get("dvc.experiment", "")
+    splits = ", ".join(f"{name} {count:,}" for name, count in meta["splits"].items())
+    return f"""# {preset} on {meta["dataset"]}: {100 * test["accuracy"]:.2f}% test accuracy
+
+MLflow run `{run.info.run_id}` · commit `{commit}`{dirty} · DVC experiment `{experiment}` ·
+{tags.get("device", "")} · Keras {tags.get("version.keras", "")} on {tags.get("keras.backend", "")}
+
+## Result
+
+{_table(result)}
+
+## Data
+
+- **{meta["dataset"]}** from source `{provenance["source"]}` ({provenance["location"]}), retrieved
+  {provenance.get("retrieved_at", "unknown")}
+- content SHA-256 `{meta["content_sha256"]}`
+- splits: {splits} (seed {meta["seed"]})
+
+## Model
+
+- preset **{preset}**, registered as `{params.train.registered_model}`
+- parameters: {counts["total"]:,} in all, {counts["trainable"]:,} trainable, {counts["non_trainable"]:,} not
+- training: {", ".join(f"{k} {v}" for k, v in sorted(settings.items()))}
+
+## Training curves
+
+![training curves]({image(paths.TRAIN_CURVES_PNG)})
+
+## Test results per class
+
+{_table(per_class, index=True)}
+
+![confusion matrix]({image(paths.CONFUSION_PNG)})
+
+![most confident mistakes]({image(paths.MISCLASSIFIED_PNG)})
+
+## Compared with earlier runs
+
+{champion_line}
+
+{_table(comparison)}
+"""
+
+
+def to_html(text: str, title: str) -> str:
+    body = markdown.markdown(text, extensions=["tables"])
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )

@@ -1,0 +1,1 @@
+"""Training: model presets, devices and seeds, the resume state, and the MLflow run of a training."""

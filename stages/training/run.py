@@ -1,0 +1,183 @@
+"""The MLflow run of a training, from start to finish: created (or resumed after a kill), its params, its
+epochs, its final figures, the model with its signature, and the registered version.
+
+A tracking store that stops answering mid-training costs nothing: the epochs it missed are sent once it
+answers again (at the end, or by the rerun). Only transient failures are waited for; anything else MLflow
+refuses stops the stage with MLflow's own message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from stages.core.config import Params
+from stages.core.errors import StageError
+from stages.tracking import registry, store
+from stages.tracking.lineage import library_versions
+from stages.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(params: Params, data_hash: str) -> str:
+    """What makes two trainings the same, so that one may resume the other's checkpoints: the seed, the
+    splits, the training settings and the data. Not the registered model's name, which is only a label."""
+    relevant = {
+        "seed": params.seed,
+        "preprocess": params.preprocess.model_dump(),
+        "train": params.train.model_dump(exclude={"registered_model"}),
+    }
+    return hashlib.sha256(json.dumps([relevant, data_hash], sort_keys=True).encode()).hexdigest()
+
+
+def start(state: TrainState, experiment_id: str, run_name: str) -> str:
+    """Start the run, or resume the unfinished run of these checkpoints; its id.
+
+    Whether that run is still in the store decides what happens to the checkpoints: yes, resume them;
+    no (another store, or deleted), start afresh; can't tell (the store did not answer), stop and keep them.
+    """
+    import mlflow
+
+    if (stale := state.stale_run_id()) is not None:
+        _mark_killed(stale)
+    resumed = state.run_id
+    arguments: dict[str, str] = {"experiment_id": experiment_id, "run_name": run_name}
+    if resumed is not None:
+        exists = store.run_exists(resumed)
+        if exists is None:
+            raise StageError(
+                f"cannot tell whether the MLflow run {resumed} of the checkpoints in {state.root} is in the "
+                f"store {store.redact(store.tracking_uri())}: it did not answer. The checkpoints are kept; "
+                "rerun `dvc repro` once the store answers, and training resumes from them."
+            )
+        if exists:
+            log.info("resuming MLflow run %s from its last finished epoch", resumed)
+            arguments = {"run_id": resumed}
+        else:
+            log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
+            state.clear()
+    run = store.retrying(lambda: mlflow.start_run(**arguments), "starting the MLflow run")
+    state.start(run.info.run_id)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict[str, str]) -> None:
+    """Log the params; on a resumed run only those not logged yet. MLflow refuses to change a logged
+    param, so one edited since the run began (say `evaluate.*` after a kill) keeps the value the run
+    started with, and the log says so."""
+    import mlflow
+
+    logged = store.retrying(lambda: mlflow.MlflowClient().get_run(run_id).data.params, "reading the run")
+    changed = {
+        key: (logged[key], value) for key, value in params.items() if key in logged and logged[key] != value
+    }
+    if changed:
+        log.warning(
+            "params edited since this run began (MLflow keeps the first values; a fresh run needs "
+            "`dvc repro --force train`): %s",
+            ", ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(changed.items())),
+        )
+    new = {key: value for key, value in params.items() if key not in logged}
+    if new:
+        store.retrying(lambda: mlflow.log_params(new, run_id=run_id), "logging the params")
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
+
+
+def layer_summary(model: keras.Model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=100)
+    return "\n".join(lines) + "\n"
+
+
+def complete(
+    run_id: str,
+    history: tuple[dict[str, float], ...],
+    final: dict[str, Any],
+    model: keras.Model,
+    example: np.ndarray,
+    registered_name: str,
+) -> None:
+    """Everything MLflow should hold once training has finished; safe to repeat after a failure."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    sent = {m.step for m in client.get_metric_history(run_id, "loss")}
+    now = int(time.time() * 1000)
+    missing = [
+        Metric(key, value, now, int(row["epoch"]))
+        for row in history
+        if int(row["epoch"]) not in sent
+        for key, value in row.items()
+        if key != "epoch"
+    ]
+    if missing:
+        log.info("sending %d epoch(s) that MLflow missed", len({m.step for m in missing}))
+        client.log_batch(run_id, metrics=missing)
+    mlflow.log_metrics(
+        {f"final_{k}": v for k, v in final.items() if isinstance(v, float | int)}, run_id=run_id
+    )
+    mlflow.log_metrics(
+        {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()},
+        run_id=run_id,
+    )
+    if not client.search_model_versions(f"name='{registered_name}' and run_id='{run_id}'"):
+        log_model(model, example)
+    registry.register(run_id, registered_name)
+
+
+def log_model(model: keras.Model, example: np.ndarray) -> None:
+    """Log the model as the active run's `model` artifact, with its signature and an input example.
+
+    `mlflow.keras.log_model(input_example=...)` fails in MLflow 3 (it writes the example before creating
+    its folder: mlflow/mlflow#16183), so the model is saved into a folder we create and logged from there.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    requirements = [f"{name}=={version}" for name, version in library_versions().items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(folder),
+            # a direct call: predict() would build and trace a predict function for two images
+            signature=infer_signature(example, keras.ops.convert_to_numpy(model(example, training=False))),
+            input_example=example,
+            pip_requirements=requirements,
+        )
+        mlflow.log_artifacts(str(folder), artifact_path="model")
+
+
+def end_quietly(status: str) -> None:
+    """Mark the run as failed if the store answers; the stage's own error is the one to report."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        log.info("could not mark the MLflow run %s: %s", status, store.describe(exc))
+
+
+def _mark_killed(run_id: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+    except Exception as exc:  # best effort: the run may be gone from this store
+        log.info("could not mark earlier run %s as killed: %s", run_id, store.describe(exc))
