@@ -122,6 +122,47 @@ def test_a_run_killed_after_early_stopping_ended_it_trains_no_further_when_resum
     assert json.loads((repo / "metrics" / "train.json").read_text())["epochs"] == 2
 
 
+def test_params_edited_after_a_kill_are_named_and_the_run_resumes(repo):
+    """MLflow refuses to change a logged param: the resumed run keeps the first values and says which
+    differ, rather than waiting on the store and then blaming it."""
+    set_params(repo, train={"epochs": 3})
+    killed_at(repo, "checkpoint")  # after epoch 1
+    set_params(repo, evaluate={"misclassified_examples": 6})  # not a training setting: the run resumes
+    started = time.monotonic()
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert "restored the weights after epoch 1" in output
+    assert "params edited since this run began" in output
+    assert "evaluate.misclassified_examples 12 -> 6" in output
+    assert "did not answer" not in output and time.monotonic() - started < 110
+    params = client_for(repo).get_run(run_id_of(repo)).data.params
+    assert params["evaluate.misclassified_examples"] == "12"  # what the run began with
+
+
+def test_a_store_that_cannot_say_whether_the_run_exists_keeps_the_checkpoints(repo):
+    """Only "no such run" may discard a killed run's finished epochs; "the store did not answer" may not."""
+    set_params(repo, train={"epochs": 3})
+    killed_at(repo, "checkpoint")
+    checkpoints = repo / "data" / "train_state" / "checkpoints"
+    before = sorted(p.name for p in checkpoints.iterdir())
+    with FixtureServer() as server:  # answers the experiment lookup, then is unavailable
+        experiment = {"experiment_id": "1", "name": "mnist-pipeline", "lifecycle_stage": "active",
+                      "artifact_location": str(repo / "mlruns")}  # fmt: skip
+        server.routes["/api/2.0/mlflow/experiments/get-by-name"] = json.dumps(
+            {"experiment": experiment}
+        ).encode()
+        server.routes["/api/2.0/mlflow/runs/get"] = 503
+        result = run([sys.executable, "-m", "stages.train"], repo, check=False,
+                     env={"MLFLOW_TRACKING_URI": server.url("/").rstrip("/")})  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (
+        "cannot tell whether the MLflow run" in result.stderr and "The checkpoints are kept" in result.stderr
+    )
+    assert sorted(p.name for p in checkpoints.iterdir()) == before
+    rerun = run(["dvc", "repro"], repo)  # the store is back: the run resumes from its checkpoint
+    assert "restored the weights after epoch 1" in rerun.stdout + rerun.stderr
+
+
 def test_kill_while_writing_the_model_never_exposes_a_partial_file(repo):
     set_params(repo, train={"epochs": 2})
     model_dir = repo / "data" / "model"

@@ -126,3 +126,61 @@ def test_lineage_tags_name_the_experiment_the_data_and_the_library_versions(monk
     assert tags["version.keras"] == keras.__version__ and tags["version.mlflow"] == mlflow.__version__
     assert tags["version.tensorflow"] == tf.__version__  # the backend of this test environment
     assert lineage.library_versions() == {"keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+def test_a_refused_value_stops_at_once_with_mlflows_own_message(tmp_path, monkeypatch):
+    """Only a store that does not answer is waited for; MLflow refusing a value is no outage."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = store.connect("refusals")
+    with mlflow.start_run(experiment_id=experiment) as active:
+        mlflow.log_param("train.epochs", "2")
+        started = time.monotonic()
+        with pytest.raises(StageError) as caught:
+            store.retrying(lambda: mlflow.log_param("train.epochs", "3"), "logging the params", patience_s=30)
+    assert time.monotonic() - started < 5
+    assert "logging the params failed: MLflow refused it" in str(caught.value)
+    assert "Changing param values is not allowed" in str(caught.value)
+    assert store.run_exists(active.info.run_id) is True
+    assert store.run_exists("0" * 32) is False  # no such run: the only answer that may discard checkpoints
+
+
+def test_a_store_that_does_not_answer_cannot_tell_whether_a_run_exists(monkeypatch):
+    import mlflow
+
+    with FixtureServer() as server:
+        closed = server.url("/").rstrip("/")  # nothing listens here once it is closed
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(closed)
+    try:
+        assert store.run_exists("0" * 32) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_transient_failures_are_told_from_the_rest():
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+    def wrapped(cause: Exception) -> MlflowException:
+        """Raised as MLflow's REST client raises it: while handling requests' error, which is its context."""
+        try:
+            try:
+                raise cause
+            except Exception:
+                raise MlflowException("API request to http://server failed with exception")  # noqa: B904
+        except MlflowException as raised:
+            return raised
+
+    assert store.is_transient(wrapped(requests.ConnectionError("refused")))
+    assert store.is_transient(MlflowException("API request to endpoint x failed with error code 503 != 200"))
+    assert store.is_transient(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
+    assert store.is_transient(RestException({"error_code": "INTERNAL_ERROR", "message": "db restarting"}))
+    assert not store.is_transient(MlflowException("Changing param values", INVALID_PARAMETER_VALUE))
+    assert not store.is_transient(MlflowException("Run 'x' not found", RESOURCE_DOES_NOT_EXIST))
+    assert not store.is_transient(
+        MlflowException("API request to endpoint x failed with error code 403 != 200")
+    )
+    assert not store.is_transient(ValueError("a bug"))

@@ -90,6 +90,17 @@ def test_mlflow_run_has_params_curves_counts_test_metrics_and_lineage(trained):
     assert {"model", "evaluation", "model_summary.txt"} <= artifacts
 
 
+def test_the_model_carries_the_settings_it_was_trained_with(trained, tmp_path):
+    config = json.loads((trained / "data" / "model" / "config.json").read_text())
+    meta = json.loads((trained / "data" / "prepared" / "meta.json").read_text())
+    assert config["preset"] == "fast_cnn" and config["seed"] == 42
+    assert (config["optimizer"], config["schedule"], config["epochs"], config["batch_size"]) == (
+        "adam", "cosine", 2, 64)  # fmt: skip
+    assert config["data_content_sha256"] == meta["content_sha256"] and config["splits"] == meta["splits"]
+    logged = client_for(trained).download_artifacts(run_id_of(trained), "model_config.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text()) == config
+
+
 def test_registered_version_predicts_like_the_saved_model(trained):
     import keras
     import mlflow

@@ -42,7 +42,8 @@ def save_misclassified(
 ) -> None:
     """A grid of the most confident mistakes: true label, predicted label and confidence above each.
 
-    One mosaic image on one Axes: 36 Axes (with their ticks and tight_layout) took 0.5 s of the stage.
+    One mosaic image on one Axes: an Axes per image, with ticks and layout, costs several times as much
+    (docs/performance.md).
     """
     predicted = probabilities.argmax(axis=1)
     wrong = most_confident_mistakes(probabilities, labels, count)

@@ -1,4 +1,4 @@
-"""MLflow, the way every stage uses it: one store, one run per trained model, lineage on every run.
+"""The MLflow store every stage logs to, and which of its failures are worth waiting for.
 
 The store is `MLFLOW_TRACKING_URI` when set, else the sqlite file `mlflow.db` at the repository root,
 by absolute path: `dvc exp run --queue/--temp` runs stages in a copy under `.dvc/tmp/exps`, where a

@@ -19,7 +19,8 @@ def configure(mixed_precision: bool) -> tuple[str, Any]:
     """Make ops deterministic, pick the device(s); return (device description, scope).
 
     The scope is a `tf.distribute.MirroredStrategy` scope when several GPUs are visible, else a no-op:
-    build and compile the model inside it. Seeding is `seeded_model`'s job, right before the build.
+    build and compile the model inside it. Seeding is `presets.compiled_model(seed=)`'s job, right
+    before the build.
     """
     backend = keras.backend.backend()
     scope: Any = contextlib.nullcontext()

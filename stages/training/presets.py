@@ -216,8 +216,8 @@ class Settings:
         )
 
 
-# Train steps Keras runs per call into the backend: fewer Python round trips. Measured on 2 CPU cores:
-# the mlp preset's first epoch 1.92 s -> 1.39 s, CNN presets about the same; the weights are bit-identical.
+# Train steps Keras runs per call into the backend: fewer Python round trips, bit-identical weights
+# (docs/performance.md has the measurement).
 STEPS_PER_EXECUTION = 32
 
 

@@ -1,0 +1,60 @@
+"""Each stage declares exactly the param keys it reads: an edit reruns those stages and no others.
+
+Checked with `dvc status` against the committed dvc.lock, as a user editing params.yaml would see it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import copy_repository, run, set_params
+
+pytestmark = pytest.mark.slow
+
+# key edited -> the stages that must become stale (check_params tracks every key, and its constant
+# output reruns nothing downstream)
+EDITS = [
+    ("train", "registered_model", "another-name", {"check_params", "report"}),
+    ("report", "compare_runs", 3, {"check_params", "report"}),
+    ("promote", "alias", "best", {"check_params", "report"}),
+    ("promote", "margin", 0.01, {"check_params"}),
+    ("evaluate", "misclassified_examples", 6, {"check_params", "evaluate"}),
+    ("train", "epochs", 3, {"check_params", "train"}),
+    ("train", "model", "mlp", {"check_params", "train", "report"}),
+    ("data", "read_timeout_s", 10, {"check_params", "download"}),
+    ("preprocess", "limit", 1000, {"check_params", "preprocess"}),
+    (None, "seed", 7, {"check_params", "preprocess", "train"}),
+]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return copy_repository(tmp_path_factory.mktemp("deps") / "repo")
+
+
+def stages_reading(repo, key: str) -> set[str]:
+    """The stages whose recorded params differ from params.yaml at `key`."""
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    stale = set()
+    for stage, entries in status.items():
+        for entry in entries:
+            changed = entry.get("changed deps", {}) if isinstance(entry, dict) else {}
+            if changed.get("params.yaml", {}).get(key) == "modified":
+                stale.add(stage)
+    return stale
+
+
+@pytest.mark.parametrize(("section", "name", "value", "expected"), EDITS, ids=[e[1] for e in EDITS])
+def test_an_edited_key_makes_exactly_its_readers_stale(repo, section, name, value, expected):
+    original = (repo / "params.yaml").read_text()
+    try:
+        if section is None:
+            (repo / "params.yaml").write_text(original.replace("seed: 42", f"seed: {value}", 1))
+            key = name
+        else:
+            set_params(repo, **{section: {name: value}})
+            key = f"{section}.{name}"
+        assert stages_reading(repo, key) == expected
+    finally:
+        (repo / "params.yaml").write_text(original)
