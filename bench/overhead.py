@@ -8,7 +8,7 @@ training (`model.fit`), MLflow, saving outputs and the rest, plus DVC's own time
 It runs in a scratch copy of the working tree (tracked and new files in a fresh git repository, an empty DVC
 cache and MLflow store), so the first `dvc repro` does everything a newcomer's does, the download through
 the default source chain included (on our build machine, which reaches only package indexes: from PyPI).
-Each stage reports its phases through stages/timing.py. Goals (issue 5, on our 2-core machine):
+Each stage reports its phases through stages/core/timing.py. Goals (issue 5, on our 2-core machine):
 everything except `model.fit` <= 15 s; a no-op `dvc repro` <= 1.5 s; preprocessing full MNIST <= 3 s.
 It also times, in fresh processes, what no stage can avoid (starting Python, importing Keras and
 TensorFlow, opening the MLflow store) and adds it up over one `dvc repro`: the floor of the first goal.
@@ -46,7 +46,8 @@ def timed(command: list[str], cwd: Path, env: dict) -> float:
 
 # What no stage can avoid, each timed in a fresh Python in the scratch copy: the pipeline pays the first once
 # per stage process (6), the second in train and evaluate, the third in train, evaluate and report.
-# Each probe ends as a finished stage does, without the interpreter's teardown (stages/__init__.py).
+# Each probe skips the interpreter's teardown (os._exit): the floor is what no stage can avoid. The stages
+# themselves do tear down (docs/performance.md says why and what it costs).
 FLOOR_PROBES = {
     name: f"import os; {code}; os._exit(0)"
     for name, code in {

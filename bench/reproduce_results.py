@@ -2,7 +2,8 @@
 
 Each preset runs as `dvc exp run --temp --force -S train.model=... -S data.dataset=...` with its own
 defaults, so the figures come from exactly what a user runs; the numbers are read back from MLflow (the
-run whose `dvc.experiment` tag is the experiment's name). It takes about an hour on 2 CPU cores.
+run whose `dvc.experiment` tag is the experiment's name) and written into the README between its
+`results` markers, the one place the table lives. It takes about an hour on 2 CPU cores.
 
     python bench/reproduce_results.py                  # every preset
     python bench/reproduce_results.py mlp cnn          # some presets
@@ -41,7 +42,8 @@ GOALS = {
     ("best_cnn", "mnist"): ">= 99.6%",
     ("best_cnn", "fashion_mnist"): ">= 92.5%",
 }
-TABLE = ROOT / "bench" / "results.md"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def train(preset: str, dataset: str) -> None:
@@ -121,7 +123,12 @@ def main() -> None:
             if not args.presets or {preset, f"{preset}:{dataset}"} & set(args.presets):
                 train(preset, dataset)
     text = table(latest_runs())
-    TABLE.write_text(text)
+    readme = README.read_text()
+    before, _, rest = readme.partition(BEGIN)
+    _, _, after = rest.partition(END)
+    if not rest:
+        sys.exit(f"{README} has no {BEGIN} ... {END} block to write the table into")
+    README.write_text(f"{before}{BEGIN}\n{text}{END}{after}")
     print(text)
 
 

@@ -8,7 +8,7 @@ process.
     KERAS_BACKEND=jax python bench/train_speed.py --tutorial-only   # a GPU box without TF/MLflow: epoch times
 
 (a) `tutorial`: loads data/prepared with numpy, builds and compiles the preset as the train stage does
-    (stages/models.py) but with `compile()`'s defaults otherwise, as the tutorials do, and calls
+    (stages/training/presets.py) but with `compile()`'s defaults otherwise, as the tutorials do, and calls
     `model.fit(x, y, validation_data=...)`, nothing else.
 (b) `pipeline`: `python -m stages.train` in a scratch folder (its own params.yaml, the prepared data
     linked in, a scratch MLflow store): seeding, deterministic ops, per-epoch history, checkpoints and

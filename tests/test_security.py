@@ -42,8 +42,9 @@ SERVER_COMMAND = re.compile(r"\bmlflow[\"',\s]+(server|ui|models[\"',\s]+serve)\
 def server_commands() -> list[tuple[str, str]]:
     """Every `mlflow server|ui|models serve` the project starts or tells users to run: in shell (continued
     lines joined) up to the end of its line, in Python (an argument list) up to the closing bracket."""
-    files = [REPO / "README.md", *REPO.glob(".github/workflows/*.yml"), *REPO.glob("bench/*.py"),
-             *REPO.glob("tests/*.py"), *REPO.glob("stages/*.py")]  # fmt: skip
+    files = [REPO / "README.md", REPO / "CONTRIBUTING.md", *REPO.glob("docs/*.md"),
+             *REPO.glob(".github/workflows/*.yml"), *REPO.glob("bench/*.py"), *REPO.glob("tests/*.py"),
+             *REPO.glob("stages/**/*.py")]  # fmt: skip
     found = []
     for path in files:
         if path.name == "test_security.py":
