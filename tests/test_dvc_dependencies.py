@@ -34,13 +34,15 @@ def repo(tmp_path_factory):
 
 
 def stages_reading(repo, key: str) -> set[str]:
-    """The stages whose recorded params differ from params.yaml at `key`."""
+    """The stages whose recorded params differ from params.yaml at `key`: tracked as that key, or as the
+    whole section holding it (DVC then names the section)."""
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     stale = set()
     for stage, entries in status.items():
         for entry in entries:
             changed = entry.get("changed deps", {}) if isinstance(entry, dict) else {}
-            if changed.get("params.yaml", {}).get(key) == "modified":
+            params = changed.get("params.yaml", {})
+            if "modified" in (params.get(key), params.get(key.split(".")[0])):
                 stale.add(stage)
     return stale
 
