@@ -90,6 +90,20 @@ def test_mlflow_run_has_params_curves_counts_test_metrics_and_lineage(trained):
     assert {"model", "evaluation", "model_summary.txt"} <= artifacts
 
 
+def test_the_logged_summary_gives_every_layers_parameter_count(trained, tmp_path):
+    """The summary parameter counts, whole: a line per layer with its count, then the totals."""
+    import keras
+
+    logged = client_for(trained).download_artifacts(run_id_of(trained), "model_summary.txt", str(tmp_path))
+    lines = Path(logged).read_text().splitlines()
+    model = keras.saving.load_model(trained / "data" / "model" / "model.keras")
+    for layer in model.layers:
+        [line] = [line for line in lines if line.split()[:2] == [layer.name, type(layer).__name__]]
+        assert line.split()[-1] == f"{layer.count_params():,}", line
+        assert str(tuple(layer.output.shape)) in line
+    assert f"total parameters: {model.count_params():,}" in lines
+
+
 def test_the_model_carries_the_settings_it_was_trained_with(trained, tmp_path):
     config = json.loads((trained / "data" / "model" / "config.json").read_text())
     meta = json.loads((trained / "data" / "prepared" / "meta.json").read_text())

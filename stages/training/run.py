@@ -98,9 +98,19 @@ def parameter_counts(model: keras.Model) -> dict[str, int]:
 
 
 def layer_summary(model: keras.Model) -> str:
-    lines: list[str] = []
-    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=100)
-    return "\n".join(lines) + "\n"
+    """Every layer with its type, output shape and parameter count, then the totals: a plain-text table
+    as wide as it needs. (Keras' own summary fits itself to the console, 80 columns in a pipe, and there
+    drops the parameter column.)"""
+    from tabulate import tabulate
+
+    rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape)), layer.count_params())
+            for layer in model.layers]  # fmt: skip
+    table = tabulate(rows, headers=("layer", "type", "output shape", "parameters"), intfmt=",",
+                     colalign=("left", "left", "left", "right"))  # fmt: skip
+    counts = parameter_counts(model)
+    labels = {"total": "total", "trainable": "trainable", "non_trainable": "non-trainable"}
+    totals = "\n".join(f"{label} parameters: {counts[key]:,}" for key, label in labels.items())
+    return f'Model: "{model.name}"\n\n{table}\n\n{totals}\n'
 
 
 def complete(
