@@ -73,6 +73,15 @@ def test_report_shows_the_run_and_compares_it_with_the_earlier_one(two_runs):
     assert "up to date" in run(["dvc", "status"], repo).stdout
 
 
+def test_report_shows_counts_as_counts_and_only_the_settings_in_effect(two_runs):
+    repo, _, _ = two_runs
+    text = (repo / "metrics" / "report.md").read_text()
+    support = json.loads((repo / "metrics" / "eval.json").read_text())["per_class"]["0"]["support"]
+    assert re.search(rf"\|\s+{support}\s+\|", text) and f"{support}.0000" not in text
+    settings = next(line for line in text.splitlines() if line.startswith("- training:"))
+    assert "None" not in settings and "{}" not in settings and "optimizer adam" in settings
+
+
 def test_mnist_runs_lists_the_runs_with_the_params_that_differ(two_runs):
     repo, first_id, second_id = two_runs
     out = run(["mnist-runs", "-n", "5"], repo).stdout

@@ -46,8 +46,8 @@ def save_training_curves(history: pd.DataFrame, dest: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
-def _table(frame: pd.DataFrame, index: bool = False) -> str:
-    return frame.to_markdown(index=index, floatfmt=".4f") if not frame.empty else "(none)"
+def _table(frame: pd.DataFrame, index: bool = False, floatfmt: str | tuple[str, ...] = ".4f") -> str:
+    return frame.to_markdown(index=index, floatfmt=floatfmt) if not frame.empty else "(none)"
 
 
 def render(
@@ -79,7 +79,8 @@ def render(
             }
         ]
     )
-    settings = {k.removeprefix("effective."): v for k, v in logged.items() if k.startswith("effective.")}
+    settings = {k.removeprefix("effective."): v for k, v in logged.items()
+                if k.startswith("effective.") and v not in ("None", "{}")}  # fmt: skip
     counts = train["params"]
     per_class = pd.DataFrame.from_dict(evaluation["per_class"], orient="index").rename_axis("class")
     version, champion_run = champion
@@ -122,7 +123,7 @@ MLflow run `{run.info.run_id}` · commit `{commit}`{dirty} · DVC experiment `{e
 
 ## Test results per class
 
-{_table(per_class, index=True)}
+{_table(per_class, index=True, floatfmt=("", ".4f", ".4f", ".4f", ".0f"))}
 
 ![confusion matrix]({image(paths.CONFUSION_PNG)})
 
