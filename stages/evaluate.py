@@ -1,7 +1,7 @@
-"""evaluate: the trained model on the test split, the only stage that reads it.
+"""evaluate: the trained model on the test split (train only records that split as an MLflow dataset).
 
 Writes metrics/eval.json (the DVC metric), the per-class table, the confusion matrix and a grid of the
-most confident mistakes (stages/evaluation/), and logs them all into the MLflow run that train created.
+most confident mistakes (stages/evaluation/). No MLflow here: report records them in the training run.
 """
 
 from __future__ import annotations
@@ -18,31 +18,13 @@ from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.evaluation.figures import save_confusion, save_misclassified
 from stages.evaluation.metrics import evaluate
-from stages.tracking import store
 
 log = logging.getLogger(__name__)
-
-PER_CLASS_TABLE = "evaluation/per_class.json"
-
-
-def _log_per_class_table(table: pd.DataFrame, run_id: str) -> None:
-    """The per-class table as an MLflow table (the UI shows it as one), replaced when evaluate reruns for
-    the same training run: `log_table` appends to a table that exists, which would list every class twice."""
-    import mlflow
-
-    existing = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
-    if PER_CLASS_TABLE in existing:  # logged as a table the first time; the same format overwrites it
-        mlflow.log_text(table.to_json(orient="split", index=False), PER_CLASS_TABLE)
-    else:
-        mlflow.log_table(table, artifact_file=PER_CLASS_TABLE)
 
 
 def main() -> None:
     params = load_params()
     class_names: list[str] = load_json(paths.prepared_meta(), produced_by="preprocess")["class_names"]
-    run_id = load_json(paths.run_record(), produced_by="train")["run_id"]
-    store.connect()  # fails in seconds if the store is unusable
-    timing.lap("mlflow")
     model = load_model(paths.model_file())
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     labels = test["label"].astype(np.int64)
@@ -59,24 +41,11 @@ def main() -> None:
         per_class.to_csv(tmp, float_format="%.4f")
     save_confusion(labels, predicted, class_names)
     save_misclassified(test["x"], labels, probabilities, class_names, params.evaluate.misclassified_examples)
-    write_json(paths.EVAL_METRICS, results)
+    write_json(paths.EVAL_METRICS, {"test": results["test"]})  # the headline; per class in the CSV
     timing.lap("save outputs")
-
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in results["test"].items()})
-        mlflow.log_metrics(
-            {f"test_{metric}_{i}": values[metric] for i, values in enumerate(results["per_class"].values())
-             for metric in ("precision", "recall", "f1")}
-        )  # fmt: skip
-        for path in (paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
-        _log_per_class_table(per_class.reset_index(), run_id)
-    timing.lap("mlflow")
     test_results = results["test"]
     log.info("test accuracy %.4f (%d errors)", test_results["accuracy"], test_results["errors"])
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

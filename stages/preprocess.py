@@ -10,7 +10,7 @@ import logging
 from stages.core import paths, timing
 from stages.core.config import load_params
 from stages.core.errors import SourceError, StageError
-from stages.core.io import atomic_path, write_json
+from stages.core.io import atomic_path, file_digest, write_json
 from stages.core.runner import run_stage
 from stages.data.catalogue import ARRAY_NAMES, DATASETS
 from stages.data.decoders import verify
@@ -45,6 +45,7 @@ def main() -> None:
     with atomic_path(paths.PREPARED, directory=True) as staging:  # scaling and one-hot happen as it saves
         for split, (images, labels) in splits.items():
             save_npz(paths.prepared_split(split, staging), to_model_inputs(images, labels))
+        files_md5 = {split: file_digest(paths.prepared_split(split, staging), "md5") for split in splits}
         write_json(
             paths.prepared_meta(staging),
             {
@@ -54,6 +55,7 @@ def main() -> None:
                 "seed": params.seed,
                 **params.preprocess.model_dump(),
                 "splits": {split: s["images"] for split, s in summary.items()},
+                "files_md5": files_md5,  # the MLflow datasets' digests: what DVC's cache names them by
             },
         )
     write_json(paths.DATA_METRICS, summary)

@@ -1,16 +1,22 @@
 """report: one page that says what was trained, on what, how well, and how it compares.
 
-Writes `metrics/report.md` (git-tracked, short enough to post as a CI comment; its images are the PNGs
-beside it) and `data/report/report.html`, the same content as one self-contained file (images embedded),
-and logs both into the run's MLflow record. The comparison table reads earlier runs of the experiment and
-the current champion from MLflow. The run's model is registered under `train.registered_model` if it is
-not yet (that name changes no training, so renaming it reruns only this stage).
+Writes `data/report/report.md` (short enough to post as a CI comment) and `data/report/report.html`,
+the same content as one self-contained file (images embedded). The comparison table reads earlier runs
+of the experiment and the current champion from MLflow.
+
+It also brings the training run in MLflow up to date with the outputs: the evaluation (evaluate's files
+and figures, linked to the logged model and test dataset), the report, and the registered version under
+`train.registered_model`. That is why it runs on every `dvc repro` (`always_changed`; it takes seconds):
+DVC skips an evaluate whose inputs did not change, even when train made a new MLflow run (a fresh clone
+retrains the same model to the same bytes). Its files are no DVC outputs for the same reason: they name
+the run, and dvc.lock must not change with it.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +24,17 @@ import pandas as pd
 from stages.core import paths, timing
 from stages.core.config import load_params
 from stages.core.errors import StageError
-from stages.core.io import atomic_path, load_json
+from stages.core.io import atomic_path, load_json, load_run_record
 from stages.core.runner import run_stage
 from stages.reporting.render import render, save_training_curves, to_html
-from stages.tracking import queries, registry, store
+from stages.tracking import lineage, queries, record, registry, store
 
 log = logging.getLogger(__name__)
+
+
+def _timings() -> dict:
+    """Wall times, if train wrote them here (a checkout of another run's outputs brings none)."""
+    return load_json(paths.TIMING_METRICS, produced_by="train") if paths.TIMING_METRICS.exists() else {}
 
 
 def _embedded(path: Path) -> str:
@@ -31,7 +42,7 @@ def _embedded(path: Path) -> str:
 
 
 def _beside_report(path: Path) -> str:
-    return path.relative_to(paths.REPORT_MD.parent).as_posix()
+    return os.path.relpath(path, paths.REPORT_MD.parent)
 
 
 def main() -> None:
@@ -41,9 +52,15 @@ def main() -> None:
         "meta": meta,
         "provenance": load_json(paths.provenance(meta["dataset"]), produced_by="download"),
         "train": load_json(paths.TRAIN_METRICS, produced_by="train"),
+        "timing": _timings(),
         "eval": load_json(paths.EVAL_METRICS, produced_by="evaluate"),
     }
-    run_id = load_json(paths.run_record(), produced_by="train")["run_id"]
+    try:
+        per_class = pd.read_csv(paths.PER_CLASS, index_col="class", dtype={"class": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise StageError(f"{paths.PER_CLASS} is unreadable ({exc}): rerun `dvc repro evaluate`") from exc
+    figures["eval"]["per_class"] = per_class.to_dict(orient="index")
+    run_id = load_run_record()["run_id"]
     for png in (paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
         if not png.exists():
             raise StageError(f"{png} is missing: rerun `dvc repro evaluate`")
@@ -56,8 +73,13 @@ def main() -> None:
     store.connect()
     import mlflow
 
-    run = mlflow.MlflowClient().get_run(run_id)
+    model = registry.logged_model(run_id)
+    test_dataset = lineage.split_dataset(meta, "test", str(paths.prepared_split("test")))
+    evaluation = [paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG]
+    record.evaluation(run_id, figures["eval"]["test"], per_class, evaluation,
+                      model.model_id if model else None, test_dataset)  # fmt: skip
     registry.register(run_id, params.train.registered_model)
+    run = mlflow.MlflowClient().get_run(run_id)
     champion = queries.champion_run_id(params.train.registered_model, params.promote.alias)
     earlier = queries.search(limit=params.report.compare_runs)
     shown = set(earlier["run_id"]) if not earlier.empty else set()
@@ -70,19 +92,18 @@ def main() -> None:
     comparison = queries.comparison(earlier, marks)
     timing.lap("mlflow")
 
-    save_training_curves(history, paths.TRAIN_CURVES_PNG)
-    timing.lap("compute")
     title = f"{params.train.model} on {meta['dataset']}"
-    with atomic_path(paths.REPORT_MD) as tmp:
-        tmp.write_text(render(params, run, figures, comparison, champion, _beside_report), encoding="utf-8")
-    page = to_html(render(params, run, figures, comparison, champion, _embedded), title)
     with atomic_path(paths.REPORT_DIR, directory=True) as staging:
-        (staging / paths.REPORT_HTML.name).write_text(page, encoding="utf-8")
+        save_training_curves(history, staging / paths.TRAIN_CURVES_PNG.name)
+        timing.lap("compute")
+        in_staging = {paths.TRAIN_CURVES_PNG: staging / paths.TRAIN_CURVES_PNG.name}
+        markdown = render(params, run, figures, comparison, champion, _beside_report)
+        page = render(params, run, figures, comparison, champion, lambda p: _embedded(in_staging.get(p, p)))
+        (staging / paths.REPORT_MD.name).write_text(markdown, encoding="utf-8")
+        (staging / paths.REPORT_HTML.name).write_text(to_html(page, title), encoding="utf-8")
     timing.lap("save outputs")
 
-    with mlflow.start_run(run_id=run_id):
-        for path in (paths.REPORT_MD, paths.TRAIN_CURVES_PNG, paths.REPORT_HTML):
-            mlflow.log_artifact(str(path), artifact_path="report")
+    record.report(run_id, [paths.REPORT_MD, paths.TRAIN_CURVES_PNG, paths.REPORT_HTML])
     timing.lap("mlflow")
     log.info("report: %s and %s", paths.REPORT_MD, paths.REPORT_HTML)
 

@@ -1,9 +1,9 @@
 """train: fit a model preset on the prepared training split, validating on the validation split only.
 
-One MLflow run per trained model: created here, its id written into data/model/run.json for evaluate and
-report. Every finished epoch is checkpointed with its resume state under data/train_state/, so a killed
-run, rerun with the same params and data, goes on from its last finished epoch in the same MLflow run.
-The test split is never read here.
+One MLflow run per trained model: created here, its id written into data/train_run.json for report.
+Every finished epoch is checkpointed with its resume state under data/train_state/, so a killed run,
+rerun with the same params and data, goes on from its last finished epoch in the same MLflow run.
+The test split is only recorded here, as the run's test dataset; evaluate is the stage that uses it.
 """
 
 from __future__ import annotations
@@ -13,23 +13,32 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from stages.core import paths, timing
 from stages.core.config import Params, load_params
 from stages.core.errors import StageError
-from stages.core.io import atomic_path, load_json, write_json
+from stages.core.io import atomic_path, file_digest, load_json, save_model, write_json
 from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.tracking import lineage, store
-from stages.training import hardware, run
-from stages.training.callbacks import EpochEnd
-from stages.training.presets import PRESETS, Settings, compiled_model
-from stages.training.state import ResumeState, Rules, TrainState, best_epoch, write_history
+
+if TYPE_CHECKING:
+    from stages.training.presets import Settings
+    from stages.training.state import ResumeState, Rules
 
 log = logging.getLogger(__name__)
 
 
 def main() -> None:
+    # Keras and TensorFlow load here, once the runner filters their C++ start-up lines
+    from stages.training import hardware, run
+    from stages.training.callbacks import EpochEnd
+    from stages.training.presets import PRESETS, Settings, compiled_model
+    from stages.training.state import Rules, TrainState, best_epoch, write_history
+
     params = load_params()
     preset = PRESETS[params.train.model]
     settings = Settings.resolve(preset, params.train)
@@ -40,6 +49,7 @@ def main() -> None:
     train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
     val = load_npz(paths.prepared_split("val"), ("x", "y"), produced_by="preprocess")
     val = val if len(val["x"]) else None
+    test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     rules = Rules(monitor="val_accuracy" if val else "accuracy", patience=settings.early_stopping_patience,
                   plateau=settings.schedule == "plateau")  # fmt: skip
     train_state = TrainState(paths.TRAIN_STATE, run.fingerprint(params, meta["content_sha256"]),
@@ -54,6 +64,7 @@ def main() -> None:
     run_id = run.start(train_state, experiment_id, run_name)
     tags = lineage.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name}
     store.retrying(lambda: mlflow.set_tags(tags), "tagging the MLflow run", patience_s=0)
+    store.retrying(lambda: run.log_datasets(meta, {"train": train, "val": val, "test": test}), "logging")
     timing.lap("mlflow")
     try:
         with scope:
@@ -91,29 +102,36 @@ def main() -> None:
                 f"the checkpoint of the best epoch {best} vanished from {train_state.root}; rerun"
             )
         final = _final_metrics(model, state.history, val, settings.batch_size, counts)
-        final["fit_time_s"] = round(fit_s, 2)  # model.fit's wall time, callbacks included (this process's)
+        timings = {
+            "train_time_s": round(sum(row["epoch_time_s"] for row in state.history), 2),
+            "fit_time_s": round(fit_s, 2),  # model.fit's wall time, callbacks included (this process's)
+        }
         timing.lap("compute")
         # the local outputs first: they need no tracking store
         with atomic_path(paths.MODEL_DIR, directory=True) as staging:
-            model.save(paths.model_file(staging))
-            write_json(paths.run_record(staging), {"run_id": run_id, "experiment_id": experiment_id})
+            save_model(model, paths.model_file(staging))
             write_json(paths.model_config(staging), config)
+        model_sha256 = file_digest(paths.model_file())
+        write_json(paths.RUN_RECORD, {"run_id": run_id, "experiment_id": experiment_id,
+                                      "model_sha256": model_sha256})  # fmt: skip
         with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:
             write_history(fh, state.history)
         write_json(paths.TRAIN_METRICS, final)
+        write_json(paths.TIMING_METRICS, timings)  # not a DVC output: the clock must not change dvc.lock
         timing.lap("save outputs")
-        example = (val or train)["x"][:2]
+        example = np.round(test["x"][:2, ..., 0] * 255).astype(np.uint8)  # as a client would send them
         store.retrying(
-            lambda: run.complete(run_id, state.history, final, model, example, params.train.registered_model),
+            lambda: run.complete(run_id, state.history, final | timings, paths.model_file(), example,
+                                 meta["class_names"], params.train.registered_model),
             "recording the trained model in MLflow",
-        )
+        )  # fmt: skip
     except BaseException as exc:
         run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     store.retrying(lambda: mlflow.end_run("FINISHED"), "closing the MLflow run")
     timing.lap("mlflow")
     train_state.clear()
-    log.info("trained %s in %.0f s: %s", preset.name, final["train_time_s"], final["val"])
+    log.info("trained %s in %.0f s: %s", preset.name, timings["train_time_s"], final["val"])
 
 
 def model_config(params: Params, settings: Settings, meta: dict) -> dict:
@@ -155,7 +173,6 @@ def _final_metrics(model, history, val: dict | None, batch_size: int, counts: di
         "train": {"loss": last["loss"], "accuracy": last["accuracy"]},
         "val": {},
         "epochs": len(history),
-        "train_time_s": round(sum(row["epoch_time_s"] for row in history), 2),
         "params": counts,
     }
     if val is not None:
@@ -165,4 +182,4 @@ def _final_metrics(model, history, val: dict | None, batch_size: int, counts: di
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

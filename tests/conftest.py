@@ -255,6 +255,11 @@ def set_params(repo: Path, **sections: dict) -> None:
 ALL_STAGES = ["check_params", "download", "preprocess", "train", "evaluate", "report"]  # dvc.yaml's order
 
 
+def up_to_date(repo: Path) -> bool:
+    """`dvc status` says every stage is up to date, but report, which runs on every repro by design."""
+    return json.loads(run(["dvc", "status", "--json"], repo).stdout) == {"report": ["always changed"]}
+
+
 def ran_stages(output: str) -> list[str]:
     """The stages `dvc repro` / `dvc exp run` says it ran, in order."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
@@ -288,7 +293,7 @@ def client_for(repo: Path):
 
 
 def run_id_of(repo: Path) -> str:
-    return json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]
+    return json.loads((repo / "data" / "train_run.json").read_text())["run_id"]
 
 
 # ------------------------------------------------------------------------------------------ servers

@@ -119,7 +119,7 @@ def test_the_whole_pipeline_runs_on_jax_and_its_model_evaluates_the_same_under_t
     assert f"jax=={importlib.metadata.version('jax')}" in requirements
     assert f"jaxlib=={importlib.metadata.version('jaxlib')}" in requirements
     assert "tensorflow" not in requirements
-    assert "on jax" in (repo / "metrics" / "report.md").read_text()
+    assert "on jax" in (repo / "data" / "report" / "report.md").read_text()
 
     # the model file is Keras's own format: TensorFlow reads the JAX-trained model and scores it the same
     run(["dvc", "repro", "--force", "--single-item", "evaluate"], repo, env={"KERAS_BACKEND": "tensorflow"})

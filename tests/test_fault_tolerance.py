@@ -30,6 +30,7 @@ from conftest import (
     run_id_of,
     serving,
     set_params,
+    up_to_date,
     user_env,
 )
 
@@ -229,7 +230,7 @@ def test_a_damaged_file_is_detected_and_rebuilt(repo, damage, name, reader, mess
     rebuilt = run(["dvc", "repro"], repo)
     assert reader not in ran_stages(rebuilt.stdout)  # the same bytes again: nothing downstream reruns
     assert digest(damaged) == original
-    assert "up to date" in run(["dvc", "status"], repo).stdout
+    assert up_to_date(repo)
     if name.endswith(".keras"):
         load_model(damaged)
 
@@ -284,7 +285,7 @@ def test_a_server_restarted_during_training_gets_a_complete_run(repo, tmp_path):
 
         server = f"http://127.0.0.1:{port}"  # the registry too: an earlier test may have set another one
         client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
-        run_id = json.loads((repo / "data" / "model" / "run.json").read_text())["run_id"]
+        run_id = json.loads((repo / "data" / "train_run.json").read_text())["run_id"]
         finished = client.get_run(run_id)
         assert finished.info.status == "FINISHED"
         assert sorted({m.step for m in client.get_metric_history(run_id, "accuracy")}) == list(range(1, 13))

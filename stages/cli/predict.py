@@ -1,139 +1,110 @@
 """mnist-predict: classify images with the trained model and print each class with its confidence.
 
-    mnist-predict digit.png photo.jpg                        # the local data/model/model.keras
+    mnist-predict digit.png photo.jpg                        # the repository's data/model/model.keras
     mnist-predict --model models:/mnist-classifier@champion digit.png
     mnist-predict batch.npz                                  # an array `x` of N x 28 x 28 (x 1) images
+    mnist-predict --json scan.png                            # one JSON object per image, all probabilities
 
-Images are turned into what the model was trained on: grey, 28 x 28, values in [0, 1], a light figure on a
-dark background (a dark figure on a light background, as most scans are, is inverted; `--invert` decides
-otherwise).
+Image files of any size are converted as MNIST made its digits (grey, inverted if dark on light, contrast
+stretched, the ink scaled into 20 x 20 and centred by its centre of mass in 28 x 28); 28 x 28 files are
+taken as they are. Arrays in .npz files must be uint8 0-255 or floats in [0, 1]. Every input gets an
+answer: a class, a warning instead of a class (a blank page, something unlike any digit), or an error.
+The exit code is 1 if any input failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages.core import paths
 from stages.core.errors import StageError
-from stages.core.io import load_model
 from stages.core.runner import run_stage
-from stages.data.catalogue import DATASETS
-from stages.tracking import store
-
-log = logging.getLogger(__name__)
-
-IMAGE_SIZE = (28, 28)
 
 
-def load_image(path: Path, invert: str = "auto") -> np.ndarray:
-    """One image file as a 28 x 28 float32 array in [0, 1], light figure on dark ground."""
-    from PIL import Image, UnidentifiedImageError
+def read_input(path: Path, key: str, invert: str) -> tuple[list[str], np.ndarray]:
+    """The images of one file (N x 28 x 28 float32) and their names; StageError naming the file."""
+    from stages.serving import digits
 
+    if not path.is_file():
+        raise StageError(f"{path}: no such file")
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if key not in data:
+                    raise StageError(f"{path}: no array {key!r} (it has {sorted(data.files)}); pass --key")
+                images = digits.to_model_input(data[key])
+        except digits.InputError as exc:
+            raise StageError(f"{path}:{key}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise StageError(f"{path}: not a readable .npz file ({exc})") from exc
+        return [f"{path}[{i}]" for i in range(len(images))], images
     try:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            if grey.size != IMAGE_SIZE:
-                grey = grey.resize(IMAGE_SIZE, Image.Resampling.LANCZOS)
-            pixels = np.asarray(grey, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise StageError(f"{path} is not a readable image ({exc})") from exc
-    if invert == "yes" or (invert == "auto" and pixels.mean() > 0.5):
-        pixels = 1.0 - pixels
-    return pixels
-
-
-def load_batch(path: Path, key: str = "x") -> np.ndarray:
-    """The array `key` of an .npz file as N x 28 x 28 float32 in [0, 1] (uint8 input is scaled)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if key not in data:
-                raise StageError(f"{path} has no array {key!r} (it has {sorted(data.files)}); pass --key")
-            array = data[key]
-    except (OSError, ValueError) as exc:
-        raise StageError(f"{path} is not a readable .npz file ({exc})") from exc
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != IMAGE_SIZE:
-        raise StageError(f"{path}:{key} has shape {array.shape}; expected N x 28 x 28 (x 1)")
-    return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        return [str(path)], digits.read_image(path, invert)[None]
+    except (OSError, ValueError) as exc:  # Pillow: UnidentifiedImageError is an OSError
+        raise StageError(f"{path}: not a readable image ({exc})") from exc
 
 
 class Classifier:
-    """A local `.keras` file or an MLflow model URI (`models:/name@alias`, `runs:/id/model`)."""
+    """A `.keras` file or an MLflow model URI (`models:/name@alias`, `runs:/id/model`), answering as the
+    served model does."""
 
     def __init__(self, source: str) -> None:
-        self.source = source
-        self.class_names: list[str] = [str(i) for i in range(10)]
         if source.endswith(".keras"):
-            if not Path(source).exists():
-                raise StageError(f"{source} is missing: run `dvc repro` first, or pass --model")
-            self._model = load_model(source)
-            self._predict = lambda x: self._model.predict(x, verbose=0)
-            meta = paths.prepared_meta()
-            if meta.exists():
-                self.class_names = json.loads(meta.read_text())["class_names"]
+            from stages.core.io import load_model
+
+            self._keras = load_model(source)
+            self.class_names = _class_names_beside(Path(source))
         else:
             import mlflow
 
+            from stages.serving.pyfunc import no_type_hint_warning
+            from stages.tracking import store
+
             store.connect()
             try:
-                self._model = mlflow.pyfunc.load_model(source)
+                with no_type_hint_warning():
+                    self._pyfunc = mlflow.pyfunc.load_model(source)
             except Exception as exc:  # MlflowException for an unknown name, alias or run
                 raise StageError(f"cannot load the model {source}: {store.describe(exc)}") from exc
-            import keras
+            self.class_names = list((self._pyfunc.model_config or {}).get("class_names", range(10)))
 
-            keras.utils.disable_interactive_logging()  # the flavour's predict would draw a progress bar
-            self._predict = lambda x: np.asarray(self._model.predict(x))
-            dataset = _dataset_of(source)
-            if dataset in DATASETS:
-                self.class_names = list(DATASETS[dataset].class_names)
+    def answers(self, images: np.ndarray):
+        from stages.serving import digits
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._predict(images[..., None].astype(np.float32)), dtype=np.float64)
+        if hasattr(self, "_pyfunc"):
+            return self._pyfunc.predict(images)
+        return digits.answers(self._keras.predict(images[..., None], verbose=0), self.class_names, images)
 
 
-def _dataset_of(uri: str) -> str | None:
-    """The dataset the model at `models:/name@alias`, `models:/name/version` or `runs:/id/...` learned."""
-    import mlflow
+def _class_names_beside(model: Path) -> list[str]:
+    """The class names of the dataset named in the config.json that train saves beside the model."""
+    from stages.data.catalogue import DATASETS
 
-    client = mlflow.MlflowClient()
-    run_id = None
-    if uri.startswith("runs:/"):
-        run_id = uri.removeprefix("runs:/").split("/", 1)[0]
-    elif uri.startswith("models:/"):
-        name, _, rest = uri.removeprefix("models:/").partition("/")
-        name, _, alias = name.partition("@")
-        if alias:
-            run_id = client.get_model_version_by_alias(name, alias).run_id
-        else:
-            run_id = client.get_model_version(name, rest).run_id
-    return client.get_run(run_id).data.params.get("data.dataset") if run_id else None
+    try:
+        dataset = json.loads((model.parent / "config.json").read_text())["dataset"]
+        return list(DATASETS[dataset].class_names)
+    except (OSError, ValueError, KeyError):
+        return [str(i) for i in range(10)]
 
 
 def default_model() -> str:
-    """The local model if the pipeline has produced one, else the registry's champion."""
-    if paths.model_file().exists():
-        return str(paths.model_file())
+    """The repository's model if the pipeline produced one (from any folder inside it), else its
+    registry's champion; outside a repository there is no default."""
     from stages.core.config import load_params
+    from stages.tracking import store
 
-    params = load_params()
+    root = store.repository_root()
+    if not (root / "params.yaml").exists():
+        raise StageError("no model given and no pipeline here: pass --model (a .keras file or models:/...)")
+    if (local := root / "data" / "model" / "model.keras").exists():
+        return str(local)
+    params = load_params(root / "params.yaml")
     return f"models:/{params.train.registered_model}@{params.promote.alias}"
-
-
-def predictions(names: list[str], probabilities: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
-    best = probabilities.argmax(axis=1)
-    return [
-        {"input": name, "class": int(k), "label": class_names[k], "confidence": float(probabilities[i, k])}
-        for i, (name, k) in enumerate(zip(names, best, strict=True))
-    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,39 +114,55 @@ def main(argv: list[str] | None = None) -> None:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", type=Path, help="PNG/JPEG images or .npz batches")
-    parser.add_argument(
-        "--model", help="a .keras file or an MLflow model URI (default: data/model, else the champion)"
-    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, ...) or .npz batches")
+    parser.add_argument("--model", help="a .keras file or an MLflow model URI (default: the repository's "
+                        "data/model, else its champion)")  # fmt: skip
     parser.add_argument("--key", default="x", help="the array to read from .npz inputs (default x)")
-    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
+    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                        help="image files: invert them (auto: when mostly light, as scans are)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
     args = parser.parse_args(argv)
 
-    names: list[str] = []
-    images: list[np.ndarray] = []
+    read: list[tuple[list[str], np.ndarray] | str] = []  # per input, in order: its images, or its error
     for path in args.inputs:
-        if not path.exists():
-            raise StageError(f"{path} does not exist")
-        if path.suffix == ".npz":
-            batch = load_batch(path, args.key)
-            names += [f"{path}[{i}]" for i in range(len(batch))]
-            images += list(batch)
-        else:
-            names.append(str(path))
-            images.append(load_image(path, args.invert))
+        try:
+            read.append(read_input(path, args.key, args.invert))
+        except StageError as exc:
+            read.append(str(exc))
+    batches = [entry[1] for entry in read if not isinstance(entry, str)]
     classifier = Classifier(args.model or default_model())
-    results = predictions(names, classifier.probabilities(np.stack(images)), classifier.class_names)
-    for result in results:
-        if args.json:
-            print(json.dumps(result))
+    rows = iter(classifier.answers(np.concatenate(batches)).to_dict(orient="records") if batches else ())
+    for entry in read:
+        if isinstance(entry, str):
+            _print_failure(entry, args.json)
         else:
-            print(f"{result['input']}: {result['label']} ({result['confidence']:.1%})")
+            for name in entry[0]:
+                _print_answer(name, next(rows), classifier.class_names, args.json)
+    if any(isinstance(entry, str) for entry in read):
+        raise SystemExit(1)
+
+
+def _print_answer(name: str, row: dict[str, Any], class_names: list[str], as_json: bool) -> None:
+    if as_json:
+        probabilities = dict(zip(class_names, row["probabilities"], strict=True))
+        print(json.dumps({"input": name, "label": row["label"], "class": row["class"],
+                          "confidence": row["confidence"], "probabilities": probabilities,
+                          "warning": row["warning"]}))  # fmt: skip
+    elif row["warning"]:
+        print(f"{name}: no answer ({row['warning']})")
+    else:
+        print(f"{name}: {row['label']} ({row['confidence']:.1%})")
+
+
+def _print_failure(error: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"input": error.split(": ", 1)[0], "error": error}))
+    print(f"error: {error}", file=sys.stderr)
 
 
 def cli() -> None:
     """Console-script entry point."""
-    run_stage(main)
+    run_stage(main, tensorflow=True, command=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """mnist-promote: make the newest model version the `champion` only if it is measurably better.
 
-The challenger is the registered version of the run in `data/model/run.json` (or `--run-id`). It takes the
+The challenger is the registered version of the run in `data/train_run.json` (or `--run-id`). It takes the
 alias when there is no champion yet, or when its test accuracy beats the champion's by more than
 `promote.margin`; otherwise the alias stays and the command says why. Rerunning it changes nothing. It is
 not a DVC stage: moving a registry alias is a decision about a shared store, not a file the pipeline
@@ -13,10 +13,9 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from stages.core import paths
 from stages.core.config import load_params
 from stages.core.errors import StageError
-from stages.core.io import load_json
+from stages.core.io import load_run_record
 from stages.core.runner import run_stage
 from stages.tracking import store
 from stages.tracking.queries import champion_run_id
@@ -78,7 +77,7 @@ def decide(model_name: str, alias: str, run_id: str, margin: float) -> Decision:
 def main(argv: list[str] | None = None) -> None:
     params = load_params()
     parser = argparse.ArgumentParser(prog="mnist-promote", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-id", help="the challenger's MLflow run (default: data/model/run.json's)")
+    parser.add_argument("--run-id", help="the challenger's MLflow run (default: data/train_run.json's)")
     parser.add_argument(
         "--margin",
         type=float,
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.margin < 1:
         parser.error("--margin must be in [0, 1)")
-    run_id = args.run_id or load_json(paths.run_record(), produced_by="train")["run_id"]
+    run_id = args.run_id or load_run_record()["run_id"]
     store.connect()
     decision = decide(params.train.registered_model, params.promote.alias, run_id, args.margin)
     print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli() -> None:
     """Console-script entry point."""
-    run_stage(main)
+    run_stage(main, command=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli() -> None:
     """Console-script entry point."""
-    run_stage(main)
+    run_stage(main, command=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,40 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in chunks."""
     with Path(path).open("rb") as fh:
         return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+def save_model(model: Any, dest: Path | str) -> None:
+    """Save a Keras model so that the same weights give the same bytes. Keras stamps the time of saving
+    into metadata.json and into the weights' zip entry; DVC would see a new model on every run (and a
+    fresh clone's first `dvc repro` would change dvc.lock), so both stamps are taken out."""
+    dest = Path(dest)
+    model.save(dest)
+    with zipfile.ZipFile(dest) as saved:
+        entries = [(info, saved.read(info)) for info in saved.infolist()]
+    with zipfile.ZipFile(dest, "w") as fixed:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            fixed.writestr(zipfile.ZipInfo(info.filename, FIXED_ZIP_TIME), data, info.compress_type)
+
+
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date, as Keras uses for its other entries
+
+
+def load_run_record() -> dict[str, Any]:
+    """The MLflow run of data/model/model.keras, from data/train_run.json, once its hash says it is the
+    same model (DVC may have restored another from its cache, with no training and so no run)."""
+    from stages.core import paths
+
+    record = load_json(paths.RUN_RECORD, produced_by="train")
+    model = paths.model_file()
+    if not model.exists():
+        raise StageError(f"{model} is missing: rerun `dvc repro train` to rebuild it")
+    if record.get("model_sha256") != file_digest(model):
+        raise StageError(
+            f"{model} is not the model that the MLflow run in {paths.RUN_RECORD} recorded (DVC restored it "
+            "from its cache, or it was replaced): rerun `dvc repro --force train` to train and record it"
+        )
+    return record

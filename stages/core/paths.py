@@ -51,12 +51,13 @@ def model_config(root: Path = MODEL_DIR) -> Path:
     return root / "config.json"
 
 
-def run_record(root: Path = MODEL_DIR) -> Path:
-    """JSON with the MLflow run id that train created, for evaluate and report to log into."""
-    return root / "run.json"
+# The MLflow run that train created and the sha256 of the model it saved, for report and mnist-promote.
+# Not a DVC output (a run id differs on every run, and dvc.lock must not), so readers check the hash.
+RUN_RECORD = DATA / "train_run.json"
+TIMING_METRICS = METRICS / "timing.json"  # wall times; a DVC metric but no stage's output, so not in dvc.lock
 
 
-REPORT_MD = METRICS / "report.md"  # git-tracked; links the PNGs beside it
-TRAIN_CURVES_PNG = METRICS / "train_curves.png"
 REPORT_DIR = DATA / "report"
 REPORT_HTML = REPORT_DIR / "report.html"  # self-contained: images embedded
+REPORT_MD = REPORT_DIR / "report.md"  # fit to post as a CI comment; links the PNGs
+TRAIN_CURVES_PNG = REPORT_DIR / "train_curves.png"

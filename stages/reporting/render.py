@@ -63,7 +63,8 @@ def render(
     test = evaluation["test"]
     tags, logged = run.data.tags, run.data.params
     commit = tags.get("git.commit", "unknown")[:12]
-    dirty = " (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""
+    dirty = (f" (with uncommitted changes: {tags.get('git.changed_files', 'see git status')})"
+             if tags.get("git.dirty") == "true" else "")  # fmt: skip
     preset = params.train.model
     val = train.get("val") or {}
     result = pd.DataFrame(
@@ -75,7 +76,7 @@ def render(
                 "macro F1": f"{test['macro_f1']:.4f}",
                 "val accuracy": f"{100 * val['accuracy']:.2f}%" if val else "",
                 "epochs": train["epochs"],
-                "train time": f"{train['train_time_s']:.0f} s",
+                "train time": f"{s:.0f} s" if (s := figures["timing"].get("train_time_s")) else "",
             }
         ]
     )

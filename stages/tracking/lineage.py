@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,12 +28,14 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
             yield name, str(value)
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, strip: bool = True) -> str | None:
     try:
         done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() if strip else done.stdout
 
 
 # The packages the other Keras backends run on: a served model needs them beside Keras.
@@ -61,10 +65,10 @@ def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
     import mlflow
 
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    changed = changed_files()
     tags = {
         "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "git.dirty": "unknown" if changed is None else str(bool(changed)).lower(),
         "dvc.experiment": os.environ.get("DVC_EXP_NAME", "(workspace)"),
         "data.content_sha256": data_hash,
         "device": device,
@@ -73,9 +77,44 @@ def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
         "version.python": platform.python_version(),
     }
     tags |= {f"version.{name}": version for name, version in library_versions().items()}
+    if changed:
+        shown = ", ".join(changed[:20]) + (f" and {len(changed) - 20} more" if len(changed) > 20 else "")
+        tags["git.changed_files"] = shown
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
+
+
+# What the pipeline itself rewrites before a run is recorded: not a change to the code or params.
+PIPELINE_OUTPUTS = ("dvc.lock", "metrics/")
+
+
+def changed_files() -> list[str] | None:
+    """Tracked files that differ from the commit, apart from the pipeline's own outputs; None outside git."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "-z", strip=False)
+    if status is None:
+        return None
+    names = [entry[3:] for entry in status.split("\0") if len(entry) > 3]  # "XY path"
+    return [name for name in names if not name.startswith(PIPELINE_OUTPUTS)]
+
+
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def split_dataset(meta: dict[str, Any], split: str, source: str, arrays: tuple | None = None) -> Any:
+    """A prepared split as an MLflow dataset named `<dataset>/<split>` whose digest is its .npz file's MD5
+    (what DVC's cache names it by). With `arrays` (images, labels), a full `mlflow.data` dataset with its
+    schema, for `log_input`; without, the entity that `log_metrics(dataset=...)` links figures to."""
+    import mlflow.data
+    from mlflow.entities import Dataset
+
+    name, digest = f"{meta['dataset']}/{split}", meta["files_md5"][split]
+    if arrays is None:
+        return Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
+    images, labels = arrays
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local sources, same class
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.data.from_numpy(images, targets=labels, source=source, name=name, digest=digest)
 
 
 _SECRET = re.compile(r"(password|secret|token|key)", re.IGNORECASE)

@@ -96,6 +96,7 @@ def connect(experiment: str = EXPERIMENT) -> str:
     import mlflow
 
     uri = tracking_uri()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # escape codes in a stage's log
     if uri.startswith(("http://", "https://")):
         # Fail fast: MLflow's defaults retry an unreachable server for minutes.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -9,9 +9,9 @@ refuses stops the stage with MLflow's own message.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import numpy as np
 
 from stages.core.config import Params
 from stages.core.errors import StageError
-from stages.tracking import registry, store
+from stages.tracking import lineage, registry, store
 from stages.tracking.lineage import library_versions
 from stages.training.state import TrainState
 
@@ -91,6 +91,21 @@ def log_params(run_id: str, params: dict[str, str]) -> None:
         store.retrying(lambda: mlflow.log_params(new, run_id=run_id), "logging the params")
 
 
+def log_datasets(meta: dict[str, Any], splits: dict[str, dict[str, np.ndarray] | None]) -> None:
+    """The prepared splits as the active run's inputs (training, validation, testing), each an MLflow
+    dataset whose digest is its file's content hash; logging one again adds nothing."""
+    import mlflow
+
+    from stages.core import paths
+
+    for split, arrays in splits.items():
+        if arrays is not None:
+            labels = arrays["label"] if "label" in arrays else arrays["y"].argmax(axis=1)
+            source = str(paths.prepared_split(split))
+            dataset = lineage.split_dataset(meta, split, source, (arrays["x"], labels))
+            mlflow.log_input(dataset, context=lineage.SPLIT_CONTEXTS[split])
+
+
 def parameter_counts(model: keras.Model) -> dict[str, int]:
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
@@ -117,8 +132,9 @@ def complete(
     run_id: str,
     history: tuple[dict[str, float], ...],
     final: dict[str, Any],
-    model: keras.Model,
+    model_file: Path,
     example: np.ndarray,
+    class_names: list[str],
     registered_name: str,
 ) -> None:
     """Everything MLflow should hold once training has finished; safe to repeat after a failure."""
@@ -145,33 +161,60 @@ def complete(
         {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()},
         run_id=run_id,
     )
-    if not client.search_model_versions(f"name='{registered_name}' and run_id='{run_id}'"):
-        log_model(model, example)
+    if registry.logged_model(run_id) is None:
+        log_model(model_file, example, class_names)
     registry.register(run_id, registered_name)
 
 
-def log_model(model: keras.Model, example: np.ndarray) -> None:
-    """Log the model as the active run's `model` artifact, with its signature and an input example.
+OUTPUT_SCHEMA = [
+    ("class", "long", False),
+    ("label", "string", False),
+    ("confidence", "double", True),
+    ("probabilities", "array", True),
+    ("warning", "string", False),
+]
 
-    `mlflow.keras.log_model(input_example=...)` fails in MLflow 3 (it writes the example before creating
-    its folder: mlflow/mlflow#16183), so the model is saved into a folder we create and logged from there.
+
+def log_model(model_file: Path, example: np.ndarray, class_names: list[str]) -> str:
+    """Log the active run's MLflow 3 logged model `model`: the Keras file behind `DigitClassifier`, which
+    takes every input layout and request format the input rule allows; its output signature; an input
+    example. Returns the model's URI.
+
+    The class is pickled by value with the input rule (stages/serving/, which imports nothing else of this
+    project), so the model is served without this project installed. The signature declares no input
+    schema on purpose: MLflow would enforce one layout and refuse the others; our rule checks each input.
     """
+    import cloudpickle
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
 
+    from stages.serving import digits, pyfunc
+
+    columns = [
+        ColSpec(Array(DataType.double) if kind == "array" else kind, name, required=required)
+        for name, kind, required in OUTPUT_SCHEMA
+    ]
     requirements = [f"{name}=={version}" for name, version in library_versions().items()]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "model"
-        folder.mkdir()
-        mlflow.keras.save_model(
-            model,
-            str(folder),
-            # a direct call: predict() would build and trace a predict function for two images
-            signature=infer_signature(example, keras.ops.convert_to_numpy(model(example, training=False))),
-            input_example=example,
-            pip_requirements=requirements,
-        )
-        mlflow.log_artifacts(str(folder), artifact_path="model")
+    requirements += [f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", "pandas", "pillow")]
+    for module in (digits, pyfunc):
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        with pyfunc.no_type_hint_warning():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=pyfunc.DigitClassifier(),
+                artifacts={"keras_model": str(model_file)},
+                model_config={"class_names": class_names},
+                signature=ModelSignature(outputs=Schema(columns)),
+                input_example=example,
+                pip_requirements=requirements,
+            )
+    finally:
+        for module in (digits, pyfunc):
+            cloudpickle.unregister_pickle_by_value(module)
+    return info.model_uri
 
 
 def end_quietly(status: str) -> None:

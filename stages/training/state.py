@@ -224,8 +224,10 @@ class TrainState:
 
 
 def write_history(fh, history: tuple[dict[str, float], ...] | list[dict[str, float]]) -> None:
-    """The epochs as CSV rows (metrics/train_history.csv and the progress log share the format)."""
-    writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    """The epochs as CSV rows (metrics/train_history.csv and the progress log share the format), without
+    their wall times: the file is a DVC output, and its hash must not depend on the clock."""
+    writer = csv.DictWriter(fh, fieldnames=[f for f in HISTORY_FIELDS if f != "epoch_time_s"],
+                            extrasaction="ignore")  # fmt: skip
     writer.writeheader()
     for row in history:
         writer.writerow({**row, "epoch": int(row["epoch"])})

@@ -1,0 +1,48 @@
+"""What the report stage records in a training run once the pipeline has finished: the evaluation,
+linked to the run's logged model and its test dataset, and the report. Safe to repeat: the report stage
+runs on every `dvc repro`, since DVC skips an evaluate whose inputs did not change even when train made
+a new MLflow run (a fresh clone trains the same model again)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PER_CLASS_TABLE = "evaluation/per_class.json"
+
+
+def evaluation(
+    run_id: str, test: dict[str, float], per_class: pd.DataFrame, files: list[Path], model_id: str | None,
+    dataset: Any,
+) -> None:  # fmt: skip
+    """The test figures (linked to the logged model and the test dataset, so MLflow's Models view shows
+    them), one figure per class and metric, the evaluation files, and the per-class table."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    logged = client.get_run(run_id).data.metrics
+    headline = {f"test_{k}": float(v) for k, v in test.items()}
+    if any(logged.get(key) != value for key, value in headline.items()):  # not already recorded
+        mlflow.log_metrics(headline, run_id=run_id, model_id=model_id, dataset=dataset)
+        mlflow.log_metrics(
+            {f"test_{metric}_{i}": float(row[metric]) for i, (_, row) in enumerate(per_class.iterrows())
+             for metric in ("precision", "recall", "f1")},
+            run_id=run_id,
+        )  # fmt: skip
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="evaluation")
+    table = per_class.reset_index()
+    existing = {f.path for f in client.list_artifacts(run_id, "evaluation")}
+    if PER_CLASS_TABLE in existing:  # `log_table` appends to a table that exists: each class twice
+        client.log_text(run_id, table.to_json(orient="split", index=False), PER_CLASS_TABLE)
+    else:
+        client.log_table(run_id, table, artifact_file=PER_CLASS_TABLE)
+
+
+def report(run_id: str, files: list[Path]) -> None:
+    import mlflow
+
+    for path in files:
+        mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path="report")
