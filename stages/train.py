@@ -20,7 +20,7 @@ import numpy as np
 from stages.core import paths, timing
 from stages.core.config import Params, load_params
 from stages.core.errors import StageError
-from stages.core.io import atomic_path, file_digest, load_json, save_model, write_json
+from stages.core.io import atomic_path, file_digest, load_json, write_json
 from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.tracking import lineage, store
@@ -37,6 +37,7 @@ def main() -> None:
     from stages.training import hardware, run
     from stages.training.callbacks import EpochEnd
     from stages.training.presets import PRESETS, Settings, compiled_model
+    from stages.training.saving import save_model
     from stages.training.state import Rules, TrainState, best_epoch, write_history
 
     params = load_params()

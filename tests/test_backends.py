@@ -110,9 +110,12 @@ def test_the_whole_pipeline_runs_on_jax_and_its_model_evaluates_the_same_under_t
     tags = client.get_run(run_id_of(repo)).data.tags
     assert tags["keras.backend"] == "jax"
     assert tags["version.jax"] == importlib.metadata.version("jax")
+    from stages.tracking.registry import logged_model
+
+    model = logged_model(run_id_of(repo))
     requirements = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=run_id_of(repo), artifact_path="model/requirements.txt", dst_path=str(tmp_path)
+            artifact_uri=f"{model.artifact_location}/requirements.txt", dst_path=str(tmp_path)
         )
     ).read_text()
     # what `mlflow models serve` installs to run it: JAX, not TensorFlow

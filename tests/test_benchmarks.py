@@ -77,3 +77,14 @@ def test_overhead_quick_breaks_a_whole_repro_down(small, tmp_path):
     assert 0 < summary["fit_s"] < summary["repro_s"] and len(summary["noop_repro_s"]) == 3
     assert summary["floor"]["imports_floor_s"] > 0
     assert "everything but `model.fit`" in table and "floor of one process per stage" in table
+
+
+def test_serving_measures_one_image_and_batches_of_32(small, tmp_path):
+    out = tmp_path / "serving.json"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{small / 'mlflow.db'}"}
+    table = bench(small, "serving.py", "--model", "models:/mnist-classifier/1", "--requests", "12",
+                  "--batches", "3", "--output", str(out), env=env)  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["single_image_ms"]["requests"] == 12 and result["batch_32"]["requests"] == 3
+    assert 0 < result["single_image_ms"]["p50"] <= result["single_image_ms"]["p90"]
+    assert result["batch_32"]["images_per_s"] > 0 and "| 32 images |" in table

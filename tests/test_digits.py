@@ -1,8 +1,9 @@
 """The input rule and the MNIST-style conversion (stages/serving/digits.py), on images drawn here.
 
-MNIST's own statistics, measured on its 60,000 training digits (docs/serving.md): the ink's bounding box
-has 20 pixels on its longer side, the centre of mass lies within a pixel of row 14, column 14 (13.5 to 14.5
-on each axis), the background is 0, the brightest pixel 1 (to 1/255), and 1.9% to 40% of the pixels are above 0.5.
+MNIST's own statistics, measured on its 60,000 training digits (docs/serving.md): the ink's bounding
+box has 20 pixels on its longer side, the centre of mass lies within a pixel of row 14, column 14 (13.5
+to 14.5 on each axis), the background is 0, the brightest pixel 1 (to 1/255), and 1.9% to 40% of the
+pixels are above 0.5.
 """
 
 from __future__ import annotations

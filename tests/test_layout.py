@@ -97,3 +97,8 @@ def test_importing_the_package_has_no_side_effects(tmp_path):
                           text=True, env=user_env(PYTHONPATH=str(REPO)), check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_served_models_code_imports_nothing_else_of_this_project():
+    """stages/serving is pickled by value into each logged model: served without this project installed."""
+    assert reachable("stages.serving.pyfunc") <= {"stages.serving", "stages.serving.digits"}

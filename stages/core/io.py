@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,26 +115,6 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in chunks."""
     with Path(path).open("rb") as fh:
         return hashlib.file_digest(fh, algorithm).hexdigest()
-
-
-def save_model(model: Any, dest: Path | str) -> None:
-    """Save a Keras model so that the same weights give the same bytes. Keras stamps the time of saving
-    into metadata.json and into the weights' zip entry; DVC would see a new model on every run (and a
-    fresh clone's first `dvc repro` would change dvc.lock), so both stamps are taken out."""
-    dest = Path(dest)
-    model.save(dest)
-    with zipfile.ZipFile(dest) as saved:
-        entries = [(info, saved.read(info)) for info in saved.infolist()]
-    with zipfile.ZipFile(dest, "w") as fixed:
-        for info, data in entries:
-            if info.filename == "metadata.json":
-                metadata = json.loads(data)
-                metadata.pop("date_saved", None)
-                data = json.dumps(metadata).encode()
-            fixed.writestr(zipfile.ZipInfo(info.filename, FIXED_ZIP_TIME), data, info.compress_type)
-
-
-FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date, as Keras uses for its other entries
 
 
 def load_run_record() -> dict[str, Any]:

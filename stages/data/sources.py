@@ -3,7 +3,6 @@ genuine copy, recording why each earlier one failed."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import pickle
 import subprocess
@@ -266,7 +265,6 @@ def fetch_dataset(spec: DatasetSpec, sources: Sequence[Source], http: Http, work
                     name: {"shape": list(arrays[name].shape), "sha256": hashes[name]} for name in hashes
                 },
                 "content_sha256": spec.content_sha256,
-                "retrieved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "failed_sources": failures,
             }
             return Fetched({name: np.ascontiguousarray(arrays[name]) for name in ARRAY_NAMES}, provenance)

@@ -107,8 +107,7 @@ MLflow run `{run.info.run_id}` · commit `{commit}`{dirty} · DVC experiment `{e
 
 ## Data
 
-- **{meta["dataset"]}** from source `{provenance["source"]}` ({provenance["location"]}), retrieved
-  {provenance.get("retrieved_at", "unknown")}
+- **{meta["dataset"]}** from source `{provenance["source"]}` ({provenance["location"]})
 - content SHA-256 `{meta["content_sha256"]}`
 - splits: {splits} (seed {meta["seed"]})
 

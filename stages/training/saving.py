@@ -1,0 +1,45 @@
+"""The model file train writes: the same weights give the same bytes, so DVC sees no change where there
+is none, and a fresh clone's `dvc repro` reproduces the committed dvc.lock."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+
+def save_model(model: Any, dest: Path | str) -> None:
+    """Save a Keras model so that the same weights give the same bytes. Keras stamps the time of saving
+    into metadata.json and the weights' zip entry, and numbers objects that layers share (their dtype
+    policy) by their memory address in config.json; DVC would see a new model on every run (and a fresh
+    clone's first `dvc repro` would change dvc.lock). So the stamps go, and the shared objects are numbered
+    in the order they appear, which keeps which layers share what."""
+    dest = Path(dest)
+    model.save(dest)
+    with zipfile.ZipFile(dest) as saved:
+        entries = [(info, saved.read(info)) for info in saved.infolist()]
+    with zipfile.ZipFile(dest, "w") as fixed:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumbered(json.loads(data), {})).encode()
+            fixed.writestr(zipfile.ZipInfo(info.filename, FIXED_ZIP_TIME), data, info.compress_type)
+
+
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date, as Keras uses for its other entries
+
+
+def _renumbered(config: Any, numbers: dict[int, int]) -> Any:
+    """`config` with every `shared_object_id` replaced by 1, 2, ... in order of first appearance."""
+    if isinstance(config, dict):
+        renumbered = {key: _renumbered(value, numbers) for key, value in config.items()}
+        if "shared_object_id" in config:
+            renumbered["shared_object_id"] = numbers.setdefault(config["shared_object_id"], len(numbers) + 1)
+        return renumbered
+    if isinstance(config, list):
+        return [_renumbered(item, numbers) for item in config]
+    return config

@@ -1,0 +1,36 @@
+"""The README's main command on a fresh clone, on the default params and the real data, leaves the
+repository as it found it: the same dvc.lock (the same data, model bytes and metrics), only the wall times
+in metrics/timing.json changed, and an MLflow run that is not marked dirty.
+
+The one test here trains the default preset in full (minutes): it is what a newcomer runs first.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ALL_STAGES, REPO, client_for, copy_repository, ran_stages, run, run_id_of
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_main_command_on_a_fresh_clone_changes_nothing_but_timings(tmp_path):
+    committed_lock = (REPO / "dvc.lock").read_text()
+    repo = copy_repository(tmp_path / "clone")
+    assert (repo / "dvc.lock").read_text() == committed_lock
+
+    result = run(["dvc", "repro"], repo)
+    assert ran_stages(result.stdout) == ALL_STAGES
+    assert "failed call to cuInit" not in result.stderr and "NodeDef mentions" not in result.stderr
+    assert "training on CPU" in result.stderr or "training on 1 x GPU" in result.stderr  # the device, said
+
+    changed = run(["git", "status", "--porcelain"], repo).stdout.splitlines()
+    diff = run(["git", "diff", "--stat"], repo).stdout
+    assert [line[3:] for line in changed] == ["metrics/timing.json"], diff
+    assert (repo / "dvc.lock").read_text() == committed_lock
+
+    tags = client_for(repo).get_run(run_id_of(repo)).data.tags
+    assert tags["git.dirty"] == "false" and "git.changed_files" not in tags
+    assert "uncommitted" not in (repo / "data" / "report" / "report.md").read_text()
+    assert json.loads((repo / "metrics" / "timing.json").read_text())["train_time_s"] > 0
