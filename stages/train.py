@@ -105,16 +105,15 @@ def main() -> None:
         final = _final_metrics(model, state.history, val, settings.batch_size, counts)
         timings = {
             "train_time_s": round(sum(row["epoch_time_s"] for row in state.history), 2),
-            "fit_time_s": round(fit_s, 2),  # model.fit's wall time, callbacks included (this process's)
+            "fit_time_s": round(fit_s, 2),  # model.fit, callbacks included
         }
         timing.lap("compute")
         # the local outputs first: they need no tracking store
         with atomic_path(paths.MODEL_DIR, directory=True) as staging:
             save_model(model, paths.model_file(staging))
             write_json(paths.model_config(staging), config)
-        model_sha256 = file_digest(paths.model_file())
         write_json(paths.RUN_RECORD, {"run_id": run_id, "experiment_id": experiment_id,
-                                      "model_sha256": model_sha256})  # fmt: skip
+                                      "model_sha256": file_digest(paths.model_file())})  # fmt: skip
         with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:
             write_history(fh, state.history)
         write_json(paths.TRAIN_METRICS, final)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import (
     ALL_STAGES,
+    REPO,
     SMALL,
     client_for,
     copy_repository,
@@ -31,6 +33,9 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.slow
+
+# the `dvc exp show --keep` pattern the README gives for the headline metrics
+README_HEADLINE_COLUMNS = re.search(r"--keep '([^']+)'", (REPO / "README.md").read_text()).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,12 @@ def test_outputs_metrics_and_plots(trained):
     assert (trained / "metrics" / "misclassified.png").read_bytes()[:4] == b"\x89PNG"
     shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
     assert "test" in shown and "accuracy" in shown
+    # tables a 120-column terminal shows whole: the headline metrics only, no cell cut to "…"
+    table = run(["dvc", "metrics", "show"], trained, env={"COLUMNS": "120"}).stdout
+    assert max(map(len, table.splitlines())) <= 120 and "test.accuracy" in table and "…" not in table
+    headline = ["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep", README_HEADLINE_COLUMNS]
+    table = run(headline, trained, env={"COLUMNS": "120"}).stdout
+    assert max(map(len, table.splitlines())) <= 120 and "train_time_s" in table and "…" not in table
     timing = json.loads((trained / "metrics" / "timing.json").read_text())
     assert timing["train_time_s"] > 0 and "train_time_s" not in train_metrics
     assert up_to_date(trained)
