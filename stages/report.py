@@ -24,7 +24,7 @@ import pandas as pd
 from stages.core import paths, timing
 from stages.core.config import load_params
 from stages.core.errors import StageError
-from stages.core.io import atomic_path, load_json, load_run_record
+from stages.core.io import atomic_path, load_json
 from stages.core.runner import run_stage
 from stages.reporting.render import render, save_training_curves, to_html
 from stages.tracking import lineage, queries, record, registry, store
@@ -60,7 +60,6 @@ def main() -> None:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise StageError(f"{paths.PER_CLASS} is unreadable ({exc}): rerun `dvc repro evaluate`") from exc
     figures["eval"]["per_class"] = per_class.to_dict(orient="index")
-    run_id = load_run_record()["run_id"]
     for png in (paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
         if not png.exists():
             raise StageError(f"{png} is missing: rerun `dvc repro evaluate`")
@@ -71,6 +70,7 @@ def main() -> None:
 
     timing.lap("load data")
     store.connect()
+    run_id = queries.model_run_id()
     import mlflow
 
     model = registry.logged_model(run_id)

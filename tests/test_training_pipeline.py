@@ -196,6 +196,30 @@ def test_rerunning_evaluate_replaces_its_mlflow_table_rather_than_appending_to_i
     assert logged == [{"path": "evaluation/per_class.json", "type": "table"}]  # still shown as a table
 
 
+def test_a_model_pulled_without_its_run_record_finds_its_run_by_hash(trained, tmp_path):
+    """After `dvc pull` (a second clone, a CI runner) data/train_run.json is not there: git and DVC do not
+    carry it. report and mnist-promote find the run by the model's sha256 instead, or say what to do."""
+    run_id = run_id_of(trained)
+    record = trained / "data" / "train_run.json"
+    saved = record.read_text()
+    record.unlink()
+    try:
+        result = run(["dvc", "repro"], trained)
+        assert ran_stages(result.stdout) == ["report"]
+        artifacts = {a.path for a in client_for(trained).list_artifacts(run_id, "report")}
+        assert (
+            "report/report.md" in artifacts
+            and run_id in (trained / "data" / "report" / "report.md").read_text()
+        )
+
+        elsewhere = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}
+        refused = run(["dvc", "repro"], trained, check=False, env=elsewhere)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert "no MLflow run in" in refused.stderr and "dvc repro --force train" in refused.stderr
+    finally:
+        record.write_text(saved)
+
+
 def test_same_commit_and_params_give_identical_metrics(trained):
     first = json.loads((trained / "metrics" / "train.json").read_text())
     history_before = (trained / "metrics" / "train_history.csv").read_text()

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from stages.core.config import load_params
 from stages.core.errors import StageError
-from stages.core.io import load_run_record
 from stages.core.runner import run_stage
 from stages.tracking import store
-from stages.tracking.queries import champion_run_id
+from stages.tracking.queries import champion_run_id, model_run_id
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.margin < 1:
         parser.error("--margin must be in [0, 1)")
-    run_id = args.run_id or load_run_record()["run_id"]
     store.connect()
+    run_id = args.run_id or model_run_id()
     decision = decide(params.train.registered_model, params.promote.alias, run_id, args.margin)
     print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
 

@@ -115,20 +115,3 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in chunks."""
     with Path(path).open("rb") as fh:
         return hashlib.file_digest(fh, algorithm).hexdigest()
-
-
-def load_run_record() -> dict[str, Any]:
-    """The MLflow run of data/model/model.keras, from data/train_run.json, once its hash says it is the
-    same model (DVC may have restored another from its cache, with no training and so no run)."""
-    from stages.core import paths
-
-    record = load_json(paths.RUN_RECORD, produced_by="train")
-    model = paths.model_file()
-    if not model.exists():
-        raise StageError(f"{model} is missing: rerun `dvc repro train` to rebuild it")
-    if record.get("model_sha256") != file_digest(model):
-        raise StageError(
-            f"{model} is not the model that the MLflow run in {paths.RUN_RECORD} recorded (DVC restored it "
-            "from its cache, or it was replaced): rerun `dvc repro --force train` to train and record it"
-        )
-    return record

@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from stages.core.io import load_json
+from stages.tracking import store
 from stages.tracking.store import EXPERIMENT
 
 # Columns of mlflow.search_runs' frame -> the comparison table's headings.
@@ -102,3 +104,40 @@ def champion_run_id(model_name: str, alias: str) -> tuple[str | None, str | None
     except MlflowException:  # no such model, or no such alias: no champion yet
         return None, None
     return version.version, version.run_id
+
+
+MODEL_TAG = "model.sha256"  # set by train on each run: which model file the run produced
+
+
+def model_run_id() -> str:
+    """The MLflow run of data/model/model.keras. data/train_run.json names it when train ran here; when the
+    model came from DVC's cache or remote instead (a second clone after `dvc pull`, a CI runner), its run
+    is the newest finished one tagged with the model's sha256, in the store that recorded it."""
+    import mlflow
+
+    from stages.core import paths
+    from stages.core.errors import StageError
+    from stages.core.io import file_digest
+
+    model = paths.model_file()
+    if not model.exists():
+        raise StageError(f"{model} is missing: rerun `dvc repro train` to rebuild it")
+    digest = file_digest(model)
+    if paths.RUN_RECORD.exists():
+        record = load_json(paths.RUN_RECORD, produced_by="train")
+        if record.get("model_sha256") == digest:
+            return record["run_id"]
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{MODEL_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not found:
+        raise StageError(
+            f"no MLflow run in {store.redact(store.tracking_uri())} recorded {model} (sha256 "
+            f"{digest[:12]}...): it came from DVC's cache or remote, trained against another store. Point "
+            "MLFLOW_TRACKING_URI at that store, or run `dvc repro --force train` to train and record it here."
+        )
+    return found[0].info.run_id

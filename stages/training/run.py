@@ -21,8 +21,10 @@ import numpy as np
 
 from stages.core.config import Params
 from stages.core.errors import StageError
+from stages.core.io import file_digest
 from stages.tracking import lineage, registry, store
 from stages.tracking.lineage import library_versions
+from stages.tracking.queries import MODEL_TAG
 from stages.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,9 @@ def complete(
         {f"final_{split}_{k}": v for split in ("train", "val") for k, v in final[split].items()},
         run_id=run_id,
     )
+    client.set_tag(
+        run_id, MODEL_TAG, file_digest(model_file)
+    )  # how a clone that pulled the model finds its run
     if registry.logged_model(run_id) is None:
         log_model(model_file, example, class_names)
     registry.register(run_id, registered_name)
