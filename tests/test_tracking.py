@@ -21,6 +21,13 @@ def test_repository_root_is_found_from_inside_a_dvc_experiment_copy(tmp_path):
     assert store.repository_root(tmp_path / "proj") == tmp_path / "proj"
 
 
+def test_repository_root_is_the_nearest_folder_up_with_a_dvc_yaml(tmp_path):
+    (tmp_path / "proj" / "data" / "report").mkdir(parents=True)
+    (tmp_path / "proj" / "dvc.yaml").write_text("stages: {}\n")
+    assert store.repository_root(tmp_path / "proj" / "data" / "report") == tmp_path / "proj"
+    assert store.repository_root(tmp_path) == tmp_path  # none up from here: the folder itself
+
+
 def test_default_store_is_the_absolute_repository_root_sqlite_file(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     exp_copy = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpxyz"

@@ -34,13 +34,14 @@ _EXPS_TMP = (".dvc", "tmp", "exps")
 
 
 def repository_root(start: Path | None = None) -> Path:
-    """The user's repository, also from inside a DVC experiment's temporary copy of it."""
+    """The user's repository: the nearest folder up from `start` (the working folder) with a dvc.yaml, also
+    from inside a DVC experiment's temporary copy of it; `start` itself when there is none."""
     here = (start or Path.cwd()).resolve()
     parts = here.parts
     for i in range(len(parts) - len(_EXPS_TMP) + 1):
         if parts[i : i + len(_EXPS_TMP)] == _EXPS_TMP:
             return Path(*parts[:i])
-    return here
+    return next((folder for folder in (here, *here.parents) if (folder / "dvc.yaml").is_file()), here)
 
 
 def tracking_uri() -> str:
