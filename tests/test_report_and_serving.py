@@ -186,6 +186,9 @@ def test_predict_answers_every_input_quietly_from_anywhere(two_runs, tmp_path):
     inside = run(["mnist-predict", files[0]], repo / "stages")  # a folder of the repository
     assert inside.stdout.startswith(f"{files[0]}: {own[0]} ")
 
+    client = client_for(repo)  # the first run's model as champion, as the promotion test leaves it
+    [first] = client.search_model_versions(f"name='{MODEL}' and run_id='{first_id}'")
+    client.set_registered_model_alias(MODEL, "champion", first.version)
     champion = run(["mnist-predict", "--json", "--model", f"models:/{MODEL}@champion", *files], repo)
     assert champion.stderr == ""
     expected = _own_predictions(repo, images, first_id).tolist()
