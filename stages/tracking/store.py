@@ -118,11 +118,40 @@ def connect(experiment: str = EXPERIMENT) -> str:
     except Exception as exc:  # MLflow raises many kinds (MlflowException, requests', sqlalchemy's)
         if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
             return client.get_experiment_by_name(experiment).experiment_id  # created concurrently
+        if (status := http_status(exc)) in (401, 403):
+            raise StageError(_refused(uri, status, experiment)) from exc
         raise StageError(
             f"the MLflow tracking store {redact(uri)} is not usable: {describe(exc)}. "
             "Start the server (or fix MLFLOW_TRACKING_URI), or unset MLFLOW_TRACKING_URI to use the local "
             "sqlite store, and rerun."
         ) from exc
+
+
+def _refused(uri: str, status: int, experiment: str) -> str:
+    """What to do when the tracking server turns the pipeline away."""
+    if status == 401:
+        return (
+            f"the MLflow tracking server {redact(uri)} asks for a login (HTTP 401): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user that the server's admin created "
+            '(README, "A team\'s server"), and rerun.'
+        )
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(none)")
+    return (
+        f"the MLflow tracking server {redact(uri)} refused the user {user} (HTTP 403): ask the server's "
+        f"admin to grant it EDIT on the experiment {experiment!r} and the registered model, and rerun."
+    )
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed request to a tracking server, wherever MLflow put it."""
+    from mlflow.exceptions import RestException
+
+    for error in _chain(exc):
+        if isinstance(error, RestException):
+            return error.get_http_status_code()
+        if status := _HTTP_STATUS.search(str(error)):
+            return int(status.group(1))
+    return None
 
 
 # MLflow's error codes for a store that may answer if asked again (HTTP 429, 503, 504).
