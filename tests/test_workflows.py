@@ -108,3 +108,15 @@ def test_pull_request_workflow_lints_and_runs_the_ci_script():
     assert "pull_request" in workflow[True]
     steps = _steps("ci.yml")
     assert "ruff check" in steps and ".ci/run" in steps
+
+
+def test_every_run_step_of_the_retraining_fails_on_a_failing_pipe():
+    """GitHub runs `bash -e` by default, so `mnist-promote | tee ...` would pass when mnist-promote fails;
+    with the shell named `bash` it runs `bash -eo pipefail`."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "retrain.yml").read_text())
+    top = (workflow.get("defaults") or {}).get("run", {}).get("shell")
+    for name, job in workflow["jobs"].items():
+        shell = (job.get("defaults") or {}).get("run", {}).get("shell", top)
+        for step in job["steps"]:
+            if "run" in step:
+                assert step.get("shell", shell) == "bash", (name, step.get("name"))
