@@ -89,15 +89,14 @@ def _steps(workflow: str) -> str:
     return "\n".join(step.get("run", step.get("uses", "")) for job in jobs.values() for step in job["steps"])
 
 
-def test_retrain_workflow_runs_the_pipeline_on_a_gpu_runner_and_promotes():
+def test_retrain_workflow_is_scheduled_on_a_gpu_runner_with_the_teams_secrets():
+    """What the local runner cannot execute (tests/test_retrain_workflow.py runs the steps): the triggers,
+    the runner's labels and where the job's credentials come from."""
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "retrain.yml").read_text())
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
     assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
     assert {"self-hosted", "gpu"} <= set(workflow["jobs"]["retrain"]["runs-on"])
-    steps = _steps("retrain.yml")
-    for command in ('pip install -e ".[gpu]"', "dvc pull", "dvc repro", "dvc push", "dvc metrics diff",
-                    "GITHUB_STEP_SUMMARY", "mnist-promote", "actions/upload-artifact"):  # fmt: skip
-        assert command in steps, command
+    assert workflow["concurrency"]["cancel-in-progress"] is False
     env = workflow["jobs"]["retrain"]["env"]
     assert env["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
     assert "secrets.MLFLOW_TRACKING_PASSWORD" in env["MLFLOW_TRACKING_PASSWORD"]
