@@ -195,6 +195,10 @@ def test_with_the_tracking_server_down_the_job_fails_before_training_and_pushes_
     assert "fix MLFLOW_TRACKING_URI" in result.step(PREFLIGHT).log
     assert github.state() == before
 
+    unset = github.retrain("no-secret", run_id=1007, secrets={"MLFLOW_TRACKING_URI": ""})
+    assert [s.name for s in unset.steps if s.outcome == "failure"] == ["Check the configuration"]
+    assert "Set the repository secret MLFLOW_TRACKING_URI" in unset.step("Check the configuration").log
+
 
 def test_a_promotion_that_fails_turns_the_job_red(github, first):
     before = github.state()
