@@ -248,3 +248,17 @@ def test_after_a_change_to_main_only_what_changed_is_retrained(github, first, tm
     proposal = github.branch("retrain")
     assert run(["git", "rev-parse", f"{proposal}^"], github.origin).stdout.strip() == main
     assert "Proposed on branch retrain" in result.summary
+
+
+def test_the_gpu_check_fails_clearly_where_tensorflow_sees_no_gpu(tmp_path):
+    """The workflow's GPU check (RETRAIN_DEVICE=gpu) without a GPU: exit 1, one line with the fix."""
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cpu = run(["mnist-preflight", "--device", "cpu"], tmp_path, env=store)
+    assert cpu.stdout.splitlines()[0].startswith("tracking: sqlite:///")
+    device = cpu.stdout.splitlines()[1]
+    if "GPU" in device:
+        pytest.skip(f"this machine has a GPU: {device}")
+    gpu = run(["mnist-preflight", "--device", "gpu"], tmp_path, env=store, check=False)
+    assert gpu.returncode == 1 and "Traceback" not in gpu.stderr
+    (line,) = [line for line in gpu.stderr.splitlines() if line.startswith("error:")]
+    assert "sees no GPU" in line and "nvidia-smi" in line and "RETRAIN_DEVICE=cpu" in line
