@@ -161,7 +161,7 @@ def test_the_first_scheduled_run_trains_pushes_registers_promotes_and_proposes(g
     assert all(name == "dvc.lock" or name.startswith("metrics/") for name in changed), changed
 
     summary = first.summary
-    assert "## Metrics against the last commit" in summary and "| metrics/eval.json" in summary
+    assert "## Metrics against main" in summary and "| metrics/eval.json" in summary
     assert "fast_cnn on mnist" in summary  # the report
     assert "promoted: version 1" in summary and "Proposed on branch retrain" in summary
     assert ("1001", "report-1001") in github.repository.artifacts
@@ -212,7 +212,7 @@ def test_a_promotion_that_fails_turns_the_job_red(github, first):
     assert result.conclusion == "failure"
     assert [s.name for s in result.steps if s.outcome == "failure"] == [PROMOTE]
     assert "error: the MLflow tracking store" in result.summary  # the cause, where people look
-    assert result.step(PROPOSE).outcome == "skipped"
+    assert result.step(PROPOSE).outcome == "success"  # before the promotion: see the re-run test below
     assert github.state() == before
 
 
@@ -248,6 +248,31 @@ def test_after_a_change_to_main_only_what_changed_is_retrained(github, first, tm
     proposal = github.branch("retrain")
     assert run(["git", "rev-parse", f"{proposal}^"], github.origin).stdout.strip() == main
     assert "Proposed on branch retrain" in result.summary
+
+
+def test_a_rerun_of_a_run_whose_promotion_failed_retrains_and_registers_nothing(github, first, tmp_path):
+    work = tmp_path / "work"
+    run(["git", "clone", "-q", str(github.origin), str(work)], tmp_path)
+    set_params(work, train={"batch_size": 32})
+    GitHub._commit(work, "Smaller batches")
+    run(["git", "push", "-q", "origin", "main"], work)
+    versions = len(github.versions())
+
+    def server_goes_down(step: str, env: dict[str, str]) -> None:
+        if step == PROMOTE:
+            env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
+
+    failed = github.retrain("promotion-fails-after-training", run_id=1008, before_step=server_goes_down)
+    assert failed.conclusion == "failure" and failed.ran()[-1] == PROMOTE
+    assert "train" in ran_stages(failed.step(RETRAIN).log)
+    assert len(github.versions()) == versions + 1
+    proposal = github.branch("retrain")
+
+    rerun = github.retrain("re-run-after-failed-promotion", run_id=1008, attempt=2)
+    _assert_green(rerun)
+    assert ran_stages(rerun.step(RETRAIN).log) == ["report"]
+    assert len(github.versions()) == versions + 1 and github.branch("retrain") == proposal
+    assert "Nothing new to propose" in rerun.summary and "promoted" in rerun.step(PROMOTE).log
 
 
 def test_the_gpu_check_fails_clearly_where_tensorflow_sees_no_gpu(tmp_path):
