@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,7 @@ class GitHub:
 
     def retrain(self, label: str, *, run_id: int, attempt: int = 1, inputs=None, secrets=None,
                 before_step=None) -> JobResult:  # fmt: skip
-        repository = self.repository
-        if secrets:
-            repository = Repository(self.origin, repository.secrets | secrets, repository.variables,
-                                    repository.artifacts)  # fmt: skip
+        repository = replace(self.repository, secrets=self.repository.secrets | (secrets or {}))
         job = Job(WORKFLOW, "retrain", repository, self.root / f"runner-{label}",
                   event="workflow_dispatch" if inputs else "schedule", inputs=inputs, run_id=run_id,
                   run_attempt=attempt, python_bin=self.python, before_step=before_step)  # fmt: skip
@@ -91,6 +89,15 @@ class GitHub:
         self.durations[label] = result.seconds
         print(f"{label}: {result.conclusion} in {result.seconds:.0f} s")
         return result
+
+    def change_main(self, work: Path, message: str, *, merge_proposal: bool = False, **params: dict) -> None:
+        """What a teammate does in a clone: merge the open proposal if asked, edit params, push to main."""
+        run(["git", "clone", "-q", str(self.origin), str(work)], work.parent)
+        if merge_proposal:
+            run(["git", "merge", "-q", "--ff-only", "origin/retrain"], work)
+        set_params(work, **params)
+        self._commit(work, message)
+        run(["git", "push", "-q", "origin", "main"], work)
 
     def branch(self, name: str) -> str | None:
         found = run(["git", "rev-parse", "-q", "--verify", f"refs/heads/{name}"], self.origin, check=False)
@@ -119,6 +126,16 @@ class GitHub:
     def state(self) -> tuple:
         """What a run may change on the team's side: model versions, champion, remote, proposal."""
         return len(self.versions()), self.champion(), self.remote(), self.branch("retrain")
+
+
+def _server_gone_before(step_name: str):
+    """A `before_step` hook: from that step on, the tracking server no longer answers."""
+
+    def hook(step: str, env: dict[str, str]) -> None:
+        if step == step_name:
+            env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
+
+    return hook
 
 
 def _assert_green(result: JobResult) -> None:
@@ -202,13 +219,7 @@ def test_with_the_tracking_server_down_the_job_fails_before_training_and_pushes_
 
 def test_a_promotion_that_fails_turns_the_job_red(github, first):
     before = github.state()
-    down = f"http://127.0.0.1:{free_port()}"
-
-    def server_goes_down(step: str, env: dict[str, str]) -> None:
-        if step == PROMOTE:
-            env["MLFLOW_TRACKING_URI"] = down
-
-    result = github.retrain("promotion-fails", run_id=1004, before_step=server_goes_down)
+    result = github.retrain("promotion-fails", run_id=1004, before_step=_server_gone_before(PROMOTE))
     assert result.conclusion == "failure"
     assert [s.name for s in result.steps if s.outcome == "failure"] == [PROMOTE]
     assert "error: the MLflow tracking store" in result.summary  # the cause, where people look
@@ -232,12 +243,7 @@ def test_a_dispatch_with_a_worse_preset_registers_it_but_keeps_the_champion(gith
 
 def test_after_a_change_to_main_only_what_changed_is_retrained(github, first, tmp_path):
     # a reviewer merges the proposal, then changes a training param on main
-    work = tmp_path / "work"
-    run(["git", "clone", "-q", str(github.origin), str(work)], tmp_path)
-    run(["git", "merge", "-q", "--ff-only", "origin/retrain"], work)
-    set_params(work, train={"epochs": 1})
-    GitHub._commit(work, "Train for one epoch")
-    run(["git", "push", "-q", "origin", "main"], work)
+    github.change_main(tmp_path / "work", "Train for one epoch", merge_proposal=True, train={"epochs": 1})
     versions = len(github.versions())
 
     result = github.retrain("changed", run_id=1006)
@@ -251,18 +257,12 @@ def test_after_a_change_to_main_only_what_changed_is_retrained(github, first, tm
 
 
 def test_a_rerun_of_a_run_whose_promotion_failed_retrains_and_registers_nothing(github, first, tmp_path):
-    work = tmp_path / "work"
-    run(["git", "clone", "-q", str(github.origin), str(work)], tmp_path)
-    set_params(work, train={"batch_size": 32})
-    GitHub._commit(work, "Smaller batches")
-    run(["git", "push", "-q", "origin", "main"], work)
+    github.change_main(tmp_path / "work", "Smaller batches", train={"batch_size": 32})
     versions = len(github.versions())
 
-    def server_goes_down(step: str, env: dict[str, str]) -> None:
-        if step == PROMOTE:
-            env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
-
-    failed = github.retrain("promotion-fails-after-training", run_id=1008, before_step=server_goes_down)
+    failed = github.retrain(
+        "promotion-fails-after-training", run_id=1008, before_step=_server_gone_before(PROMOTE)
+    )
     assert failed.conclusion == "failure" and failed.ran()[-1] == PROMOTE
     assert "train" in ran_stages(failed.step(RETRAIN).log)
     assert len(github.versions()) == versions + 1

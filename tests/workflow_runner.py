@@ -227,12 +227,15 @@ class Job:
 
     # -------------------------------------------------------------------------------------- expressions
 
+    def _github(self) -> dict[str, str]:
+        """The `github` context; the runner also sets each as GITHUB_<KEY> (GITHUB_RUN_ID, ...)."""
+        return {"run_id": self.run_id, "run_attempt": self.run_attempt, "event_name": self.event,
+                "ref": "refs/heads/main", "ref_name": "main", "repository": self.repository.name,
+                "server_url": "https://github.com", "workspace": str(self.workspace)}  # fmt: skip
+
     def _contexts(self, env: Mapping[str, str]) -> dict[str, Any]:
-        github = {"run_id": self.run_id, "run_attempt": self.run_attempt, "event_name": self.event,
-                  "ref": "refs/heads/main", "ref_name": "main", "repository": self.repository.name,
-                  "server_url": "https://github.com", "workspace": str(self.workspace)}  # fmt: skip
         return {
-            "github": github,
+            "github": self._github(),
             "inputs": self.inputs,
             "secrets": self.repository.secrets,
             "vars": self.repository.variables,
@@ -292,14 +295,8 @@ class Job:
         keep = ("HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "USER")
         env = {key: os.environ[key] for key in keep if key in os.environ}
         env["PATH"] = os.pathsep.join([*self.extra_path, "/usr/local/bin", "/usr/bin", "/bin"])
-        env |= {
-            "CI": "true", "GITHUB_ACTIONS": "true", "RUNNER_TEMP": str(self.temp),
-            "GITHUB_WORKSPACE": str(self.workspace), "GITHUB_RUN_ID": self.run_id,
-            "GITHUB_RUN_ATTEMPT": self.run_attempt, "GITHUB_EVENT_NAME": self.event,
-            "GITHUB_REF": "refs/heads/main", "GITHUB_REPOSITORY": self.repository.name,
-            "GITHUB_SERVER_URL": "https://github.com",
-        }  # fmt: skip
-        return env
+        env |= {"CI": "true", "GITHUB_ACTIONS": "true", "RUNNER_TEMP": str(self.temp)}
+        return env | {f"GITHUB_{key.upper()}": value for key, value in self._github().items()}
 
     def _step_env(self, step: Mapping[str, Any]) -> dict[str, str]:
         env = self._base_env() | self.extra_env  # `env:` blocks win over GITHUB_ENV, as on GitHub
