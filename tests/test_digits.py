@@ -138,3 +138,33 @@ def test_a_larger_array_is_converted_the_mnist_way():
     converted = digits.to_model_input(page[None])
     assert converted.shape == (1, 28, 28)
     assert_like_mnist(converted[0])
+
+
+def kaggle_table(rows: int) -> pd.DataFrame:
+    """Kaggle digit-recognizer's train.csv layout: a `label` column, then pixel0 ... pixel783."""
+    pixels = pd.DataFrame(
+        np.tile(GOOD.reshape(2, 784), (rows // 2 + 1, 1))[:rows], columns=[f"pixel{i}" for i in range(784)]
+    )
+    return pd.concat([pd.Series([7] * rows, name="label"), pixels], axis=1)
+
+
+TABLES_REFUSED = [
+    (kaggle_table(10), "'label'", "drop the 'label' column"),
+    (kaggle_table(7), "'label'", "drop the 'label' column"),
+    (kaggle_table(10).to_numpy(), "shape (10, 785)", "drop that column"),
+    (kaggle_table(3).rename(columns={"label": "digit"}), "shape (3, 785)", "drop that column"),
+    (GOOD[0], "shape (28, 28)", "1 x 28 x 28"),
+    (np.zeros((120, 90), np.uint8), "shape (120, 90)", "never read as a picture"),
+    (pd.DataFrame(np.zeros((12, 400), np.uint8)), "shape (12, 400)", "N x 784"),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "cause", "fix"), TABLES_REFUSED, ids=[cause + fix for _, cause, fix in TABLES_REFUSED]
+)
+def test_a_table_is_rows_of_784_pixels_never_a_picture(values, cause, fix):
+    """Any 2-D array, dataframe or CSV is N x 784; before, one of at least 8 x 8 was read as one image."""
+    with pytest.raises(digits.InputError) as refused:
+        digits.to_model_input(values, whole_numbers=True)
+    message = str(refused.value)
+    assert cause in message and fix in message and "\n" not in message and len(message) < 200

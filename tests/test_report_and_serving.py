@@ -287,6 +287,67 @@ def test_the_served_champion_accepts_every_mlflow_request_format(two_runs):
             assert cause in json.loads(answer)["message"] and "stack_trace" not in answer, (name, answer)
 
 
+def _kaggle_layout(pixels: np.ndarray) -> pd.DataFrame:
+    """Kaggle digit-recognizer's train.csv: a `label` column, then pixel0 ... pixel783."""
+    table = pd.DataFrame(pixels.reshape(len(pixels), 784), columns=[f"pixel{i}" for i in range(784)])
+    return pd.concat([pd.Series(np.arange(len(pixels)) % 10, name="label"), table], axis=1)
+
+
+def test_a_table_is_n_rows_of_784_pixels_or_refused_by_server_and_cli(two_runs, tmp_path):
+    """A table is never drawn as one picture: Kaggle's layout (10 rows, or 7) and a 2-D 28 x 28 array get
+    a 400 and an error line naming the fix, through `mlflow models serve` and `mnist-predict` alike."""
+    repo, first_id, _ = two_runs
+    images, _ = _test_images(repo, 10)
+    pixels = _uint8(images)
+    kaggle = _kaggle_layout(pixels)
+    refused = {
+        "dataframe_split, 10 rows": (
+            "application/json",
+            {"dataframe_split": kaggle.to_dict(orient="split")},
+            "drop the 'label' column",
+        ),
+        "csv, 7 rows": ("text/csv", kaggle[:7].to_csv(index=False), "drop the 'label' column"),
+        "inputs 10 x 785": ("application/json", {"inputs": kaggle.to_numpy().tolist()}, "drop that column"),
+        "inputs 28 x 28": ("application/json", {"inputs": pixels[0].tolist()}, "1 x 28 x 28"),
+        "inputs 10 x 120": ("application/json", {"inputs": np.zeros((10, 120), int).tolist()}, "N x 784"),
+    }
+    [version] = client_for(repo).search_model_versions(f"name='{MODEL}' and run_id='{first_id}'")
+    port = free_port()
+    command = [
+        "env",
+        f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{MODEL}/{version.version}",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with serving(command, repo, port, "/ping") as url:
+        for name, (content_type, body, fix) in refused.items():
+            status, answer = _post(url, body, content_type)
+            assert status == 400 and len(answer) < 500, (name, answer[:500])
+            assert fix in json.loads(answer)["message"], (name, answer)
+        status, answer = _post(
+            url, {"dataframe_split": kaggle.drop(columns="label").to_dict(orient="split")}, "application/json"
+        )
+        assert status == 200 and len(json.loads(answer)["predictions"]) == 10, answer[:500]
+
+    np.savez(tmp_path / "kaggle.npz", x=kaggle.to_numpy().astype(np.uint8))
+    np.savez(tmp_path / "one.npz", x=pixels[0])
+    files = [str(tmp_path / "kaggle.npz"), str(tmp_path / "one.npz")]
+    result = run(["mnist-predict", *files], repo, check=False)
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and "shape (10, 785)" in errors[0] and "drop that column" in errors[0], errors
+    assert "shape (28, 28)" in errors[1] and "1 x 28 x 28" in errors[1], errors
+
+
 def test_the_logged_model_loads_and_predicts_without_this_project(two_runs, tmp_path):
     """The model's code is pickled by value: a process in which `stages` cannot be imported serves it."""
     repo, first_id, _ = two_runs

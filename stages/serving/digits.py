@@ -2,13 +2,16 @@
 the MLflow model that serves it.
 
 The input rule, everywhere (CLI, Python, served model): pixels are uint8 0-255 or floats in [0, 1]; JSON
-and CSV have no uint8, so there whole numbers 0-255 count as 8-bit pixels. Anything else, NaN, or a shape
-other than N x 28 x 28 (x 1) or N x 784 is refused with one line naming the fix.
+and CSV have no uint8, so there whole numbers 0-255 count as 8-bit pixels. A table (any 2-D array, a
+DataFrame, CSV) is N images x 784 pixels, one image per row; an N x H x W (x 1) tensor is N images. Anything
+else (a table of another width, NaN, a colour channel) is refused with one line naming the fix: a table is
+never read as a picture, so a Kaggle `train.csv` with its `label` column is refused, not drawn.
 
-A raw image (a file, or an array that is not 28 x 28) is converted the way MNIST was made: grey, light
-figure on a dark ground, contrast stretched so paper is 0 and ink 1, the ink's bounding box scaled into
-20 x 20 keeping its aspect, then placed so its centre of mass is at the centre of 28 x 28. A 28 x 28 input
-is taken as already in that form.
+A raw image of another size comes from an image file or an explicit N x H x W tensor; it is converted the
+way MNIST was made: grey, light figure on a dark ground, contrast stretched so paper is 0 and ink 1, the
+ink's bounding box scaled into 20 x 20 keeping its aspect, then placed so its centre of mass is at the
+centre of 28 x 28. A 28 x 28 array is taken as already in that form; a 28 x 28 image file is only made
+light on dark (see `read_image`).
 
 This module and stages/serving/pyfunc.py import only numpy, pandas, Pillow, Keras and MLflow, on purpose:
 they are pickled by value into each logged model, so `mlflow models serve` needs nothing of this project.
@@ -33,6 +36,7 @@ MAX_OFF_CENTRE = 3.0  # pixels; MNIST digits are within 1.5
 
 PIXEL_RULE = "pixels must be uint8 0-255 (whole numbers 0-255 in JSON or CSV) or floats in [0, 1]"
 LAYOUTS = "N x 28 x 28, N x 28 x 28 x 1 or N x 784 (a table of 784 pixel columns)"
+LABEL_COLUMNS = {"label", "labels", "class", "target", "y"}  # what data sets call the answer column
 
 
 class InputError(ValueError):
@@ -46,6 +50,7 @@ def as_pixels(values: Any, *, whole_numbers: bool = False) -> np.ndarray:
     file's int64 is refused instead, since its author chose that type and may mean anything by it.
     """
     if isinstance(values, pd.DataFrame):
+        _check_table_columns(values)
         values = values.to_numpy()
     if isinstance(values, dict):
         raise InputError(f"named inputs {sorted(values)}: send one unnamed array of images ({LAYOUTS})")
@@ -76,21 +81,43 @@ def as_pixels(values: Any, *, whole_numbers: bool = False) -> np.ndarray:
     return np.clip(array, 0, 1).astype(np.float32)
 
 
+def _check_table_columns(table: pd.DataFrame) -> None:
+    """A frame with a `label` column is a labelled data set (Kaggle's digit-recognizer layout): say so."""
+    named = [str(column) for column in table.columns if str(column).strip().lower() in LABEL_COLUMNS]
+    if named:
+        raise InputError(
+            f"{table.shape[1]} columns, among them {named[0]!r}: drop the {named[0]!r} column and send "
+            f"the {SIDE * SIDE} pixel columns only"
+        )
+
+
 def _layout(array: np.ndarray) -> np.ndarray:
-    """N x H x W from any of the accepted layouts (a single image too)."""
+    """N x H x W from any of the accepted layouts: a table is rows of 784 pixels, a tensor is images."""
     if array.size == 0:
         raise InputError(f"no images: send {LAYOUTS}")
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
-    elif array.ndim == 2 and array.shape[1] == SIDE * SIDE:
-        array = array.reshape(-1, SIDE, SIDE)
+    elif array.ndim == 2:
+        array = _table_rows(array)
     elif array.ndim == 1 and array.shape[0] == SIDE * SIDE:
         array = array.reshape(1, SIDE, SIDE)
-    elif array.ndim == 2 and min(array.shape) >= MIN_SIDE:
-        array = array[None]  # one image
     if array.ndim != 3 or min(array.shape[1:]) < MIN_SIDE:
         raise InputError(f"shape {array.shape}: expected {LAYOUTS}")
     return array
+
+
+def _table_rows(table: np.ndarray) -> np.ndarray:
+    """The images of a table, one per row of 784 pixels; any other width is refused, never drawn."""
+    width = table.shape[1]
+    if width == SIDE * SIDE:
+        return table.reshape(-1, SIDE, SIDE)
+    if width == SIDE * SIDE + 1:
+        fix = "785 columns are 784 pixels and one more (a label?): drop that column"
+    elif table.shape == (SIDE, SIDE):
+        fix = "one 28 x 28 image: send it as a 1 x 28 x 28 tensor, or as one row of 784 pixels"
+    else:
+        fix = f"expected {LAYOUTS}; a table is never read as a picture (send the image file)"
+    raise InputError(f"shape {table.shape}: {fix}")
 
 
 def to_model_input(values: Any, *, whole_numbers: bool = False) -> np.ndarray:
