@@ -22,11 +22,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, has_userinfo, scrub
 from stages.data.catalogue import builtin_source_names
 
 PARAMS_FILE = Path("params.yaml")
+CREDENTIALS_IN_URL = "credentials_in_url"  # the error type whose value is never shown
 
 DatasetName = Literal["mnist", "fashion_mnist"]
 # Kept here rather than imported from stages.training.presets so that validating params never imports Keras;
@@ -52,6 +54,19 @@ class MirrorSource(_Section):
         description="For `npz`: the file. For `idx`: the folder holding the four gzip'd IDX files. "
         "http(s):// URL or a local path.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        if has_userinfo(url):
+            # a custom error type: describe_errors never quotes the value, which holds the password
+            raise PydanticCustomError(
+                CREDENTIALS_IN_URL,
+                "the URL holds a user name or password, which would be logged to MLflow and written to "
+                "the provenance file; remove it and put the credentials in ~/.netrc (requests reads it) "
+                "or the environment, never in params.yaml",
+            )
+        return url
 
 
 class DataConfig(_Section):
@@ -183,7 +198,9 @@ def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
             message = f"unknown key.{did_you_mean} Allowed here: {', '.join(allowed)}"
         else:
-            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            secret = err["type"] == CREDENTIALS_IN_URL
+            shown = "input" in err and not isinstance(err["input"], dict) and not secret
+            got = f" (got {scrub(repr(err['input']))})" if shown else ""
             message = err["msg"].removeprefix("Value error, ") + got
         by_key.setdefault(key, []).append(message)  # a union (int | float) fails once per member
     return [f"{key}: {'; or: '.join(messages)}" for key, messages in by_key.items()]

@@ -8,9 +8,23 @@ import re
 _USERINFO_PASSWORD = re.compile(r"(\w+://[^\s:/@]+):[^\s@/]+@")
 
 
+_USERINFO = re.compile(r"(\b[A-Za-z][\w+.\-]*://)[^\s/@'\"]+@")
+
+
 def scrub(text: str) -> str:
     """`text` with the password of every URL in it masked: library errors quote the URL they failed on."""
     return _USERINFO_PASSWORD.sub(r"\1:***@", text)
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with the user info (`user:password@`) of every URL in it removed: for data URLs that reach a
+    log, the provenance file or the report, where not even the user name belongs."""
+    return _USERINFO.sub(r"\1", text)
+
+
+def has_userinfo(text: str) -> bool:
+    """Whether any URL in `text` carries user info."""
+    return _USERINFO.search(text) is not None
 
 
 class StageError(Exception):

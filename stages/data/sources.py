@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from stages.core.errors import SourceError, StageError
+from stages.core.errors import SourceError, StageError, without_userinfo
 from stages.core.io import file_digest
 from stages.data.catalogue import ARRAY_NAMES, IDX_FILES, SOURCES, DatasetSpec, SourceEntry
 from stages.data.decoders import decode_idx, decode_mnist_pickle, decode_npz, verify
@@ -88,7 +88,7 @@ class NpzSource:
 
     @property
     def location(self) -> str:
-        return self.url
+        return without_userinfo(self.url)
 
     def fetch(self, workdir: Path, http: Http) -> tuple[dict[str, np.ndarray], list[FileRecord]]:
         path = _obtain(self.url, workdir, http)
@@ -106,7 +106,7 @@ class IdxSource:
 
     @property
     def location(self) -> str:
-        return self.base
+        return without_userinfo(self.base)
 
     def fetch(self, workdir: Path, http: Http) -> tuple[dict[str, np.ndarray], list[FileRecord]]:
         arrays, records = {}, []
@@ -268,6 +268,7 @@ def fetch_dataset(spec: DatasetSpec, sources: Sequence[Source], http: Http, work
                 "failed_sources": failures,
             }
             return Fetched({name: np.ascontiguousarray(arrays[name]) for name in ARRAY_NAMES}, provenance)
+        reason = without_userinfo(reason)  # library errors quote the URL they failed on
         log.warning("%s: source %r failed: %s", spec.name, source.name, reason)
         failures.append({"source": source.name, "location": source.location, "reason": reason})
     listing = "\n".join(

@@ -13,9 +13,8 @@ import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, has_userinfo
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -120,10 +119,26 @@ def split_dataset(meta: dict[str, Any], split: str, source: str, arrays: tuple |
 _SECRET = re.compile(r"(password|secret|token|key)", re.IGNORECASE)
 
 
-def check_no_secrets(values: Mapping[str, str]) -> None:
-    """Refuse to log anything that looks like a credential (user:password@ in a URI)."""
-    for key, value in values.items():
-        if "@" in value and urlsplit(value).password is not None:
-            raise ConfigError(f"{key} holds a URI with a password; refusing to log it to MLflow")
-        if _SECRET.search(key) and value not in ("None", ""):
+def leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of nested mappings and lists, named by its path: `data.sources.0.url`."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from leaves(item, f"{prefix}{key}.")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from leaves(item, f"{prefix}{index}.")
+    else:
+        yield prefix.removesuffix("."), value
+
+
+def check_no_secrets(values: Mapping[str, Any]) -> None:
+    """Refuse to log anything that looks like a credential: a URL with user info anywhere in any leaf of
+    (nested) `values`, or a value under a key that names a credential. The message never quotes it."""
+    for key, value in leaves(values):
+        text = "" if value is None else str(value)
+        if has_userinfo(text):
+            raise ConfigError(
+                f"{key} holds a URI with a password or a user name; refusing to log it to MLflow"
+            )
+        if _SECRET.search(key) and text not in ("None", ""):
             raise ConfigError(f"{key} looks like a credential; refusing to log it to MLflow")
