@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
+import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from stages.core import timing
+from stages.core import stderr_filter, timing
 from stages.core.errors import StageError, scrub
 
 
@@ -49,54 +49,32 @@ def _stage_name() -> str:
     return (spec.name if spec else sys.argv[0]).rsplit(".", 1)[-1]
 
 
-# TensorFlow's C++ lines on a machine without a GPU, and tf.data's about an attribute of its own ops:
-# they look like failures and are not. Other C++ lines (out of memory, a broken CUDA install) stay.
-TENSORFLOW_NOISE = re.compile(
-    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    rb"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cpu_feature_guard|cuda_platform)\.cc:\d+\]"
-    rb"|To enable the following instructions:"
-    rb"|.*NodeDef mentions attribute use_unbounded_threadpool"
-)
-
-
 @contextlib.contextmanager
 def tensorflow_noise_dropped() -> Iterator[None]:
-    """Pass this process's stderr (file descriptor 2, where C++ writes too) through a filter that drops
-    TENSORFLOW_NOISE. TF_CPP_MIN_LOG_LEVEL cannot: the start-up lines come before TensorFlow reads it, and
-    it would hide the errors that matter with the rest."""
+    """Pass this process's stderr (file descriptor 2, where C++ writes too) through a filter process that
+    drops TensorFlow's start-up lines (stages/core/stderr_filter.py) and passes every other line, in order,
+    even the last ones of a process that aborts. TF_CPP_MIN_LOG_LEVEL cannot: the start-up lines come
+    before TensorFlow reads it, and it would hide the errors that matter with the rest."""
+    sys.stderr.flush()
     try:
         original = os.dup(2)
-        read_end, write_end = os.pipe()
+        filtering = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(Path(stderr_filter.__file__))],
+            stdin=subprocess.PIPE,
+            stderr=original,
+        )
     except OSError:
         yield
         return
-    sys.stderr.flush()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    pump = threading.Thread(target=_forward, args=(read_end, original), daemon=True)
-    pump.start()
+    os.dup2(filtering.stdin.fileno(), 2)
+    filtering.stdin.close()  # fd 2 is now the pipe's only write end in this process
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(original, 2)  # the pipe's last writer closes: the pump reads its end and stops
-        pump.join(timeout=10)
+        os.dup2(original, 2)  # the pipe's last writer closes: the filter reads to the end and exits
         os.close(original)
-
-
-def _forward(read_end: int, destination: int) -> None:
-    """Copy whole lines that are not noise; a progress bar's carriage returns go through at once."""
-    pending = b""
-    with contextlib.suppress(OSError):
-        while chunk := os.read(read_end, 65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if not TENSORFLOW_NOISE.match(line):
-                    os.write(destination, line + b"\n")
-            if b"\r" in pending:
-                shown, _, pending = pending.rpartition(b"\r")
-                os.write(destination, shown + b"\r")
-        if pending and not TENSORFLOW_NOISE.match(pending):
-            os.write(destination, pending)
-    os.close(read_end)
+        try:
+            filtering.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a child of the stage still holds the pipe open
+            filtering.kill()
