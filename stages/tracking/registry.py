@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from stages.core.errors import StageError
+from stages.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def register(run_id: str, name: str) -> str:
         raise StageError(
             f"the MLflow run {run_id} has no logged model to register; rerun `dvc repro --force train`"
         )
-    version = mlflow.register_model(model.model_uri, name, tags={"run_id": run_id})
+    with store.no_http_retries():  # a create call: a lost answer is found by the lookup above next time
+        version = mlflow.register_model(model.model_uri, name, tags={"run_id": run_id})
     log.info("registered %s version %s", name, version.version)
     return version.version

@@ -9,11 +9,11 @@ that readers (the UI, `dvc exp show`) never block a writer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "mnist-pipeline"  # the MLflow experiment every pipeline run belongs to
 SQLITE_BUSY_TIMEOUT_S = 60  # for our own one-off connection that switches the file to WAL
-# How long a finished training waits for the store to come back before failing: long enough for a tracking
-# server restart; the trained state is kept either way, so a rerun only sends what is missing.
+# How long a stage waits for the store to come back before failing: long enough for a tracking server
+# restart; the trained state is kept either way, so a rerun only sends what is missing. The environment
+# variable overrides it (a *where* setting, like the store itself: params.yaml does not hold it).
 PATIENCE_S = 120
+PATIENCE_ENV = "MNIST_TRACKING_PATIENCE_S"
 RETRY_EVERY_S = 5
 T = TypeVar("T")
 _EXPS_TMP = (".dvc", "tmp", "exps")
@@ -161,7 +163,12 @@ TRANSIENT_CODES = {
     "REQUEST_LIMIT_EXCEEDED",
     "RESOURCE_EXHAUSTED",
 }
-_HTTP_STATUS = re.compile(r"failed with error code (\d{3})")
+# MLflow's own message for an HTTP error whose body is no JSON (a proxy's error page): where MLflow puts
+# the status when it has nothing better; a RestException carries it as data instead.
+_HTTP_STATUS = re.compile(r"failed with error code (\d{3}) != \d{3}")
+# SQLSTATE classes of PostgreSQL errors that may pass: connection lost or refused (08), server shutting
+# down (57P), too many connections (53300), a deadlock or serialization conflict (40001, 40P01).
+_TRANSIENT_SQLSTATES = ("08", "57P", "53300", "40001", "40P01")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -174,25 +181,50 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _database_error_is_transient(error: BaseException) -> bool:
+    """A database error (SQLAlchemy's OperationalError) by its driver's own code, not its message: a lost
+    connection, a locked sqlite file or a PostgreSQL connection class may pass; a missing table, a wrong
+    schema or a file that cannot be opened will not. (MLflow calls every OperationalError
+    TEMPORARILY_UNAVAILABLE, schema errors included.)"""
+    if getattr(error, "connection_invalidated", False):
+        return True
+    driver = getattr(error, "orig", None)
+    if isinstance(driver, sqlite3.Error):
+        return getattr(driver, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    sqlstate = getattr(driver, "sqlstate", None)
+    if sqlstate is None:  # psycopg: no server answer at all (refused, reset, timed out)
+        return type(driver).__name__ == "OperationalError"
+    return str(sqlstate).startswith(_TRANSIENT_SQLSTATES)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether the store failed in a way that may pass: no connection, a timeout, HTTP 429 or 5xx, a
-    locked or lost database. Anything else (a refused value, a missing run, a bug) is not worth a retry."""
+    locked or lost database. Anything else (a refused value, a missing run, a schema or permission error,
+    a bug) is not worth a retry."""
     import requests
     from mlflow.exceptions import MlflowException, RestException
     from sqlalchemy.exc import OperationalError
 
-    connection_errors = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
-                         ConnectionError, TimeoutError, OperationalError)  # fmt: skip
-    for error in _chain(exc):
+    errors = list(_chain(exc))
+    database = next((error for error in errors if isinstance(error, OperationalError)), None)
+    if database is not None:  # the driver knows better than MLflow's wrapper
+        return _database_error_is_transient(database)
+    connection_errors = (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.RetryError,
+        ConnectionError,
+        TimeoutError,
+    )
+    for error in errors:
         if isinstance(error, connection_errors):
             return True
+        if isinstance(error, RestException):
+            return error.error_code in TRANSIENT_CODES or error.get_http_status_code() >= 500
         if isinstance(error, MlflowException):
+            if status := _HTTP_STATUS.search(str(error)):
+                return status.group(1) == "429" or status.group(1).startswith("5")
             if error.error_code in TRANSIENT_CODES:
-                return True
-            if isinstance(error, RestException) and error.get_http_status_code() >= 500:
-                return True
-            status = _HTTP_STATUS.search(str(error))
-            if status and (status.group(1) == "429" or status.group(1).startswith("5")):
                 return True
     return False
 
@@ -217,35 +249,105 @@ def run_exists(run_id: str) -> bool | None:
     return True
 
 
-def store_failure(what: str, exc: BaseException) -> StageError:
-    """The message for a store that stopped answering mid-stage: which store, and what a rerun does."""
+NOTHING_TO_LOSE = "Nothing was written that a rerun would need."
+
+
+def store_failure(what: str, exc: BaseException, kept: str = NOTHING_TO_LOSE) -> StageError:
+    """The message for a store that stopped answering mid-stage: which store, what is kept (`kept`, as
+    true as the caller knows it), and what a rerun does."""
     return StageError(
         f"{what} failed: the MLflow tracking store {redact(tracking_uri())} did not answer "
-        f"({describe(exc)}). Nothing is lost: the finished epochs are kept in data/train_state. Once the "
-        "store is back, rerun `dvc repro`; training resumes where it stopped and sends what is missing."
+        f"({describe(exc)}). {kept} Once the store answers, rerun `dvc repro`."
     )
 
 
-def retrying(action: Callable[[], T], what: str, patience_s: float = PATIENCE_S) -> T:
-    """`action()`, retried while the store fails transiently, for up to `patience_s`; then a StageError.
-    Any other MLflow error stops at once, with MLflow's own message."""
-    from mlflow.exceptions import MlflowException
+def retrying(
+    action: Callable[[], T], what: str, patience_s: float | None = None, kept: str = NOTHING_TO_LOSE
+) -> T:
+    """`action()`, retried (by tenacity) while the store fails transiently, for up to `patience_s`; then a
+    StageError saying `kept`. Any other MLflow or database error stops at once, with its own message.
 
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return action()
-        except Exception as exc:
-            if not is_transient(exc):
-                if isinstance(exc, MlflowException):
-                    raise StageError(f"{what} failed: MLflow refused it: {describe(exc)}") from exc
-                raise
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise store_failure(what, exc) from exc
-            log.warning("%s: the tracking store did not answer (%s); retrying for %.0f s", what,
-                        describe(exc), left)  # fmt: skip
-            time.sleep(min(RETRY_EVERY_S, max(left, 0.1)))
+    Only for calls that are safe to repeat: reads, tags, params, metrics. A call that creates something
+    goes through `create_once`."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    patience_s = patience() if patience_s is None else patience_s
+
+    def warn(state) -> None:
+        log.warning(
+            "%s: the tracking store did not answer (%s); retrying for up to %.0f s",
+            what,
+            describe(state.outcome.exception()),
+            max(patience_s - state.seconds_since_start, 0),
+        )
+
+    attempts = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(patience_s),
+        wait=wait_exponential(multiplier=0.5, max=RETRY_EVERY_S),
+        before_sleep=warn,
+        reraise=True,
+    )
+    try:
+        return attempts(action)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        if is_transient(exc):
+            raise store_failure(what, exc, kept) from exc
+        if isinstance(exc, OSError):
+            raise
+        raise StageError(f"{what} failed: MLflow refused it: {describe(exc)}") from exc
+    except Exception as exc:
+        if is_transient(exc):  # requests' errors, raised through MLflow unwrapped
+            raise store_failure(what, exc, kept) from exc
+        raise
+
+
+def patience() -> float:
+    """Seconds to wait for a store that stopped answering: $MNIST_TRACKING_PATIENCE_S, else PATIENCE_S."""
+    configured = os.environ.get(PATIENCE_ENV, "").strip()
+    try:
+        return float(configured) if configured else PATIENCE_S
+    except ValueError as exc:
+        raise StageError(
+            f"{PATIENCE_ENV}={configured!r} is not a number of seconds; fix or unset it"
+        ) from exc
+
+
+@contextlib.contextmanager
+def no_http_retries() -> Iterator[None]:
+    """MLflow's HTTP client retries any request, POSTs included (its urllib3 Retry allows every method):
+    for a create call that would make a second run or version after a lost answer. Off for the call."""
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+
+
+def create_once(
+    create: Callable[[], T], find: Callable[[], T | None], what: str, kept: str = NOTHING_TO_LOSE
+) -> T:
+    """A create call (start a run, register a version) that is never blindly repeated: when an attempt
+    fails transiently, the answer may have been lost after the store created it, so the next attempt
+    first looks for it (`find`, by something the caller set, such as a tag) and creates only if absent."""
+    attempted = False
+
+    def attempt() -> T:
+        nonlocal attempted
+        if attempted and (found := find()) is not None:
+            log.info("%s: found what the unanswered attempt created; carrying on with it", what)
+            return found
+        attempted = True
+        with no_http_retries():
+            return create()
+
+    return retrying(attempt, what, kept=kept)
 
 
 def describe(exc: BaseException) -> str:
