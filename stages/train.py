@@ -2,7 +2,8 @@
 
 One MLflow run per trained model: created here, its id written into data/train_run.json for report.
 Every finished epoch is checkpointed with its resume state under data/train_state/, so a killed run,
-rerun with the same params and data, goes on from its last finished epoch in the same MLflow run.
+rerun with the same settings, architecture, data and code, goes on from its last finished epoch in the
+same MLflow run; checkpoints of any other training are set aside and a new run starts.
 The test split is only recorded here, as the run's test dataset; evaluate is the stage that uses it.
 """
 
@@ -12,8 +13,9 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,128 +28,272 @@ from stages.data.npz import load_npz
 from stages.tracking import lineage, store
 
 if TYPE_CHECKING:
-    from stages.training.presets import Settings
-    from stages.training.state import ResumeState, Rules
+    import keras
+
+    from stages.training.presets import Preset, Settings
+    from stages.training.state import ResumeState, Rules, TrainState
 
 log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    # Keras and TensorFlow load here, once the runner filters their C++ start-up lines
-    from stages.training import hardware, run
-    from stages.training.callbacks import EpochEnd
-    from stages.training.presets import PRESETS, Settings, compiled_model
-    from stages.training.saving import save_model
-    from stages.training.state import Rules, TrainState, best_epoch, write_history
-
     params = load_params()
+    with timing.phase("mlflow"):
+        experiment_id = store.connect()  # fails in seconds if the store is unusable, before any work
+    with timing.phase("load data"):
+        job = prepare(params)
+    with timing.phase("compute"):
+        model, state, checkpoints, resumed, stale = restore(job)
+    with timing.phase("mlflow"):
+        run_id = open_run(job, checkpoints, experiment_id, resumed, stale, state)
+    try:
+        with timing.phase("mlflow"):
+            describe_run(job, model, run_id, state)
+        with timing.phase("fit") as fitting:
+            state = fit(job, model, checkpoints, state, run_id)
+        with timing.phase("compute"):
+            final = final_figures(job, model, checkpoints, state)
+        with timing.phase("save outputs"):
+            timings = write_outputs(job, model, state, final, run_id, fitting.seconds)
+        with timing.phase("mlflow"):
+            record(job, run_id, state, final | timings)
+    except BaseException as exc:
+        from stages.training import run
+
+        run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    checkpoints.clear()
+    log.info("trained %s in %.0f s: %s", job.preset.name, timings["train_time_s"], final["val"])
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one training needs, read and resolved before any MLflow call."""
+
+    params: Params
+    preset: Preset
+    settings: Settings
+    meta: dict[str, Any]
+    train: dict[str, np.ndarray]
+    val: dict[str, np.ndarray] | None
+    test: dict[str, np.ndarray]
+    rules: Rules
+    device: str
+    scope: AbstractContextManager
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings in effect, saved beside the model and logged to its run."""
+        return {
+            "preset": self.params.train.model,
+            **asdict(self.settings),
+            "mixed_precision": self.params.train.mixed_precision,
+            "seed": self.params.seed,
+            "dataset": self.meta["dataset"],
+            "data_content_sha256": self.meta["content_sha256"],
+            "splits": self.meta["splits"],
+        }
+
+
+def prepare(params: Params) -> Job:
+    """The preset with params.yaml's overrides resolved, the prepared splits, the device."""
+    # Keras and TensorFlow load here, once the runner filters their C++ start-up lines
+    from stages.training import hardware
+    from stages.training.presets import PRESETS, Settings
+    from stages.training.state import Rules
+
     preset = PRESETS[params.train.model]
     settings = Settings.resolve(preset, params.train)
     meta = load_json(paths.prepared_meta(), produced_by="preprocess")
     device, scope = hardware.configure(params.train.mixed_precision)
-    experiment_id = store.connect()  # fails in seconds if the store is unusable
-    timing.lap("mlflow")
-    train = load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess")
     val = load_npz(paths.prepared_split("val"), ("x", "y"), produced_by="preprocess")
-    val = val if len(val["x"]) else None
-    test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
-    rules = Rules(monitor="val_accuracy" if val else "accuracy", patience=settings.early_stopping_patience,
-                  plateau=settings.schedule == "plateau")  # fmt: skip
-    train_state = TrainState(paths.TRAIN_STATE, run.fingerprint(params, meta["content_sha256"]),
-                             keep_best=bool(rules.patience))  # fmt: skip
-    timing.lap("load data")
+    return Job(
+        params=params,
+        preset=preset,
+        settings=settings,
+        meta=meta,
+        train=load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess"),
+        val=val if len(val["x"]) else None,
+        test=load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess"),
+        rules=Rules(
+            monitor="val_accuracy" if len(val["x"]) else "accuracy",
+            patience=settings.early_stopping_patience,
+            plateau=settings.schedule == "plateau",
+        ),
+        device=device,
+        scope=scope,
+    )
 
+
+def restore(job: Job) -> tuple[keras.Model, ResumeState, TrainState, str | None, str | None]:
+    """The compiled model, and where it starts: this training's newest checkpoint, or afresh (see
+    `run.resume_or_start`). Also the checkpoints, the run to resume and a set-aside run to mark killed."""
+    from stages.training import run
+    from stages.training.fingerprint import fingerprint
+    from stages.training.presets import compiled_model
+    from stages.training.saving import architecture
+    from stages.training.state import TrainState
+
+    def build() -> keras.Model:
+        with job.scope:
+            return compiled_model(
+                job.preset, job.meta["dataset"], job.settings, len(job.train["x"]), seed=job.params.seed
+            )
+
+    model = build()
+    parts = fingerprint(job.config, architecture(model), job.meta)
+    checkpoints = TrainState(paths.TRAIN_STATE, parts, keep_best=bool(job.rules.patience))
+    model, state, resumed, stale = run.resume_or_start(checkpoints, model, rebuild=build)
+    _resume_schedule(model, state, job.rules)
+    return model, state, checkpoints, resumed, stale
+
+
+def kept(state: ResumeState) -> str:
+    """What a tracking store that stops answering costs, as true as it is at this point of the run."""
+    if state.epoch == 0:
+        return "No epoch had finished, so no training is lost."
+    return (
+        f"Nothing is lost: the {state.epoch} finished epoch(s) are kept in {paths.TRAIN_STATE}, and a rerun "
+        "resumes from them and sends what MLflow is missing."
+    )
+
+
+def open_run(
+    job: Job,
+    checkpoints: TrainState,
+    experiment_id: str,
+    resumed: str | None,
+    stale: str | None,
+    state: ResumeState,
+) -> str:
+    """The MLflow run of this training, resumed or new, recorded with the checkpoints."""
+    from stages.training import run
+
+    default_name = f"{job.preset.name}-{job.meta['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = os.environ.get("DVC_EXP_NAME") or default_name
+    run_id = run.open_run(experiment_id, run_name, resumed, stale, kept(state))
+    checkpoints.start(run_id)
+    return run_id
+
+
+def describe_run(job: Job, model: keras.Model, run_id: str, state: ResumeState) -> None:
+    """Lineage tags, the splits as datasets, params (flattened, the settings in effect, the parameter
+    counts), the layer summary and the model config: all an MLflow user compares runs by."""
     import mlflow
 
-    run_name = (
-        os.environ.get("DVC_EXP_NAME") or f"{preset.name}-{meta['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from stages.training import run
+
+    counts = run.parameter_counts(model)
+    logged = dict(lineage.flatten(job.params.model_dump()))
+    logged |= {f"effective.{k}": str(v) for k, v in asdict(job.settings).items()}
+    logged |= {f"model.params.{k}": str(v) for k, v in counts.items()}
+    lineage.check_no_secrets(job.params.model_dump())
+    lineage.check_no_secrets(logged)
+    tags = lineage.lineage_tags(job.meta["content_sha256"], job.device) | {"preset": job.preset.name}
+    splits = {"train": job.train, "val": job.val, "test": job.test}
+    saved = kept(state)
+    store.retrying(lambda: mlflow.set_tags(tags), "tagging the MLflow run", kept=saved)
+    store.retrying(lambda: run.log_datasets(job.meta, splits), "logging the datasets", kept=saved)
+    run.log_params(run_id, logged, kept=saved)
+    summary = run.layer_summary(model)
+    store.retrying(lambda: mlflow.log_text(summary, "model_summary.txt"), "logging the summary", kept=saved)
+    store.retrying(lambda: mlflow.log_dict(job.config, "model_config.json"), "logging the config", kept=saved)
+
+
+def fit(
+    job: Job, model: keras.Model, checkpoints: TrainState, state: ResumeState, run_id: str
+) -> ResumeState:
+    """Train the remaining epochs, each checkpointed and sent to MLflow; the state after the last."""
+    from stages.training.callbacks import EpochEnd
+
+    epoch_end = EpochEnd(checkpoints, state, job.rules, run_id)
+    model.fit(
+        job.train["x"],
+        job.train["y"],
+        batch_size=job.settings.batch_size,
+        epochs=state.epoch if state.stopped else job.settings.epochs,  # early stopping had ended it
+        initial_epoch=state.epoch,
+        validation_data=None if job.val is None else (job.val["x"], job.val["y"]),
+        callbacks=[epoch_end],
+        verbose=1 if sys.stdout.isatty() else 2,
     )
-    run_id = run.start(train_state, experiment_id, run_name)
-    tags = lineage.lineage_tags(meta["content_sha256"], device) | {"preset": preset.name}
-    store.retrying(lambda: mlflow.set_tags(tags), "tagging the MLflow run", patience_s=0)
-    store.retrying(lambda: run.log_datasets(meta, {"train": train, "val": val, "test": test}), "logging")
-    timing.lap("mlflow")
-    try:
-        with scope:
-            model = compiled_model(preset, meta["dataset"], settings, len(train["x"]), seed=params.seed)
-            state = train_state.restore(model)
-        _resume_schedule(model, state, rules)
-        timing.lap("compute")
-        counts = run.parameter_counts(model)
-        config = model_config(params, settings, meta)
-        logged = dict(lineage.flatten(params.model_dump()))
-        logged |= {f"effective.{k}": str(v) for k, v in asdict(settings).items()}
-        logged |= {f"model.params.{k}": str(v) for k, v in counts.items()}
-        lineage.check_no_secrets(logged)
-        run.log_params(run_id, logged)
-        store.retrying(lambda: mlflow.log_text(run.layer_summary(model), "model_summary.txt"), "logging")
-        store.retrying(lambda: mlflow.log_dict(config, "model_config.json"), "logging")
-        timing.lap("mlflow")
-
-        epoch_end = EpochEnd(train_state, state, rules, run_id)
-        model.fit(
-            train["x"],
-            train["y"],
-            batch_size=settings.batch_size,
-            epochs=state.epoch if state.stopped else settings.epochs,  # early stopping had ended it
-            initial_epoch=state.epoch,
-            validation_data=None if val is None else (val["x"], val["y"]),
-            callbacks=[epoch_end],
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-        fit_s = timing.lap("fit")
-        state = epoch_end.state
-        best = best_epoch(state, rules)
-        if best is not None and best != state.epoch and not train_state.load_weights(model, best):
-            raise StageError(
-                f"the checkpoint of the best epoch {best} vanished from {train_state.root}; rerun"
-            )
-        final = _final_metrics(model, state.history, val, settings.batch_size, counts)
-        timings = {
-            "train_time_s": round(sum(row["epoch_time_s"] for row in state.history), 2),
-            "fit_time_s": round(fit_s, 2),  # model.fit, callbacks included
-        }
-        timing.lap("compute")
-        # the local outputs first: they need no tracking store
-        with atomic_path(paths.MODEL_DIR, directory=True) as staging:
-            save_model(model, paths.model_file(staging))
-            write_json(paths.model_config(staging), config)
-        write_json(paths.RUN_RECORD, {"run_id": run_id, "experiment_id": experiment_id,
-                                      "model_sha256": file_digest(paths.model_file())})  # fmt: skip
-        with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:
-            write_history(fh, state.history)
-        write_json(paths.TRAIN_METRICS, final)
-        write_json(paths.TIMING_METRICS, timings)  # not a DVC output: the clock must not change dvc.lock
-        timing.lap("save outputs")
-        example = np.round(test["x"][:2, ..., 0] * 255).astype(np.uint8)  # as a client would send them
-        store.retrying(
-            lambda: run.complete(run_id, state.history, final | timings, paths.model_file(), example,
-                                 meta["class_names"], params.train.registered_model),
-            "recording the trained model in MLflow",
-        )  # fmt: skip
-    except BaseException as exc:
-        run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    store.retrying(lambda: mlflow.end_run("FINISHED"), "closing the MLflow run")
-    timing.lap("mlflow")
-    train_state.clear()
-    log.info("trained %s in %.0f s: %s", preset.name, timings["train_time_s"], final["val"])
+    return epoch_end.state
 
 
-def model_config(params: Params, settings: Settings, meta: dict) -> dict:
-    """The effective settings a model was trained with, saved beside it and logged to its run."""
-    return {
-        "preset": params.train.model,
-        **asdict(settings),
-        "mixed_precision": params.train.mixed_precision,
-        "seed": params.seed,
-        "dataset": meta["dataset"],
-        "data_content_sha256": meta["content_sha256"],
-        "splits": meta["splits"],
+def final_figures(job: Job, model: keras.Model, checkpoints: TrainState, state: ResumeState) -> dict:
+    """The figures the run ends with: the last epoch's training figures, the validation figures of the
+    final weights (with early stopping: the best epoch's, loaded back), the epochs and parameter counts."""
+    from stages.training import run
+    from stages.training.state import best_epoch
+
+    best = best_epoch(state, job.rules)
+    if best is not None and best != state.epoch and not checkpoints.load_weights(model, best):
+        raise StageError(f"the checkpoint of the best epoch {best} vanished from {checkpoints.root}; rerun")
+    if not state.history:
+        raise StageError("training finished no epoch; rerun `dvc repro train`")
+    last = state.history[-1]
+    final: dict = {
+        "train": {"loss": last["loss"], "accuracy": last["accuracy"]},
+        "val": {},
+        "epochs": len(state.history),
+        "params": run.parameter_counts(model),
     }
+    if job.val is not None:
+        batch_size = max(job.settings.batch_size, 512)
+        loss, accuracy = model.evaluate(job.val["x"], job.val["y"], batch_size=batch_size, verbose=0)
+        final["val"] = {"loss": float(loss), "accuracy": float(accuracy)}
+    return final
 
 
-def _resume_schedule(model, state: ResumeState, rules: Rules) -> None:
+def write_outputs(
+    job: Job, model: keras.Model, state: ResumeState, final: dict, run_id: str, fit_s: float
+) -> dict[str, float]:
+    """The local outputs, each atomically, before MLflow hears of them: they need no tracking store.
+    Returns the wall times, which go to metrics/timing.json (not a DVC output: the clock must not change
+    dvc.lock)."""
+    from stages.training.saving import save_model
+    from stages.training.state import write_history
+
+    timings = {
+        "train_time_s": round(sum(row["epoch_time_s"] for row in state.history), 2),
+        "fit_time_s": round(fit_s, 2),  # model.fit, callbacks included
+    }
+    with atomic_path(paths.MODEL_DIR, directory=True) as staging:
+        save_model(model, paths.model_file(staging))
+        write_json(paths.model_config(staging), job.config)
+    write_json(paths.RUN_RECORD, {"run_id": run_id, "model_sha256": file_digest(paths.model_file())})
+    with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:
+        write_history(fh, state.history)
+    write_json(paths.TRAIN_METRICS, final)
+    write_json(paths.TIMING_METRICS, timings)
+    return timings
+
+
+def record(job: Job, run_id: str, state: ResumeState, figures: dict) -> None:
+    """Everything MLflow should hold of the finished training (epochs it missed, final figures, the
+    logged model, the registered version), then the run closed as FINISHED."""
+    import mlflow
+
+    from stages.training import run
+
+    example = np.round(job.test["x"][:2, ..., 0] * 255).astype(np.uint8)  # as a client would send them
+
+    def complete() -> None:
+        run.complete(
+            run_id,
+            state.history,
+            figures,
+            paths.model_file(),
+            example,
+            job.meta["class_names"],
+            job.params.train.registered_model,
+        )
+
+    store.retrying(complete, "recording the trained model in MLflow", kept=kept(state))
+    store.retrying(lambda: mlflow.end_run("FINISHED"), "closing the MLflow run", kept=kept(state))
+
+
+def _resume_schedule(model: keras.Model, state: ResumeState, rules: Rules) -> None:
     """A resumed run trains on at the rate and with the counters the killed run had reached."""
     if state.epoch == 0:
         return
@@ -155,30 +301,17 @@ def _resume_schedule(model, state: ResumeState, rules: Rules) -> None:
         model.optimizer.learning_rate = state.learning_rate
     parts = []
     if rules.patience:
-        parts.append(f"early stopping (best {rules.monitor} {state.best:.4f} at epoch {state.best_epoch}, "
-                     f"waited {state.wait} of {rules.patience})")  # fmt: skip
+        parts.append(
+            f"early stopping (best {rules.monitor} {state.best:.4f} at epoch {state.best_epoch}, "
+            f"waited {state.wait} of {rules.patience})"
+        )
     if rules.plateau:
-        parts.append(f"the plateau schedule (learning rate {state.learning_rate:g}, "
-                     f"waited {state.plateau_wait} of {rules.plateau_patience})")  # fmt: skip
+        parts.append(
+            f"the plateau schedule (learning rate {state.learning_rate:g}, "
+            f"waited {state.plateau_wait} of {rules.plateau_patience})"
+        )
     if parts:
         log.info("resumed after epoch %d with %s", state.epoch, " and ".join(parts))
-
-
-def _final_metrics(model, history, val: dict | None, batch_size: int, counts: dict[str, int]) -> dict:
-    """Last epoch's training figures; validation figures of the final (with early stopping: best) weights."""
-    if not history:
-        raise StageError("training finished no epoch; rerun `dvc repro train`")
-    last = history[-1]
-    final: dict = {
-        "train": {"loss": last["loss"], "accuracy": last["accuracy"]},
-        "val": {},
-        "epochs": len(history),
-        "params": counts,
-    }
-    if val is not None:
-        loss, accuracy = model.evaluate(val["x"], val["y"], batch_size=max(batch_size, 512), verbose=0)
-        final["val"] = {"loss": float(loss), "accuracy": float(accuracy)}
-    return final
 
 
 if __name__ == "__main__":

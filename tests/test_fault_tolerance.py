@@ -123,6 +123,79 @@ def test_a_run_killed_after_early_stopping_ended_it_trains_no_further_when_resum
     assert json.loads((repo / "metrics" / "train.json").read_text())["epochs"] == 2
 
 
+def _steps(repo: Path, run_id: str, metric: str = "accuracy") -> list[int]:
+    return sorted(m.step for m in client_for(repo).get_metric_history(run_id, metric))
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+CODE_CHANGES = {  # what changed between the kill and the rerun -> the fingerprint parts that differ
+    "preset default": (
+        "stages/training/presets.py",
+        "learning_rate=0.003,",
+        "learning_rate=0.002,",
+        "its settings and code differ",
+    ),
+    "architecture": (
+        "stages/training/architectures.py",
+        "Dropout(0.3)(x)",
+        "Dropout(0.35)(x)",
+        "its architecture and code differ",
+    ),
+    "loading code": ("stages/data/npz.py", '"""', '"""Edited. ', "its code differs"),
+}
+
+
+@pytest.mark.parametrize("change", CODE_CHANGES, ids=list(CODE_CHANGES))
+def test_a_killed_run_resumes_only_under_the_same_settings_architecture_and_code(repo, change):
+    """Checkpoints that the rerun's code would not have produced are set aside with one line saying why,
+    and training starts in a new MLflow run: the killed run keeps its one epoch, never a second epoch 1."""
+    set_params(repo, train={"epochs": 2})
+    killed_at(repo, "checkpoint")  # after epoch 1
+    killed_run = (repo / "data" / "train_state" / "run_id").read_text().strip()
+    module, old, new, why = CODE_CHANGES[change]
+    _edit(repo / module, old, new)
+    assert "train" in run(["dvc", "status"], repo).stdout  # DVC sees the changed code too
+
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert f"set the checkpoints of MLflow run {killed_run} aside" in output and why in output, output[-3000:]
+    assert "restored the weights" not in output
+    assert (repo / "data" / "train_state.set-aside" / "checkpoints").is_dir()
+    new_run = run_id_of(repo)
+    assert new_run != killed_run
+    assert _steps(repo, killed_run) == [1]  # not 1, 1, 2: no epoch trained twice inside one run
+    assert client_for(repo).get_run(killed_run).info.status == "KILLED"
+    assert _steps(repo, new_run) == [1, 2]
+    assert client_for(repo).get_run(new_run).info.status == "FINISHED"
+
+
+def test_unreadable_checkpoints_start_a_new_run_not_epoch_1_again_in_the_old(repo):
+    set_params(repo, train={"epochs": 2})
+    killed_at(repo, "checkpoint")
+    killed_run = (repo / "data" / "train_state" / "run_id").read_text().strip()
+    for checkpoint in (repo / "data" / "train_state" / "checkpoints").glob("epoch-*.weights.h5"):
+        _truncate(checkpoint)
+    rerun = run(["dvc", "repro"], repo)
+    output = rerun.stdout + rerun.stderr
+    assert "none of its checkpoints could be read" in output, output[-3000:]
+    assert _steps(repo, killed_run) == [1] and _steps(repo, run_id_of(repo)) == [1, 2]
+
+
+def test_params_written_out_as_the_presets_defaults_resume_the_same_training(repo):
+    """The fingerprint is of the settings in effect: `epochs: null` -> `epochs: 2` after a kill, when the
+    preset's default is what was in effect, changes nothing that was trained."""
+    set_params(repo, train={"epochs": 2, "learning_rate": None})
+    killed_at(repo, "checkpoint")
+    set_params(repo, train={"epochs": 2, "learning_rate": 0.003})  # fast_cnn's own rate, written out
+    rerun = run(["dvc", "repro"], repo)
+    assert "restored the weights after epoch 1" in rerun.stdout + rerun.stderr
+
+
 def test_params_edited_after_a_kill_are_named_and_the_run_resumes(repo):
     """MLflow refuses to change a logged param: the resumed run keeps the first values and says which
     differ, rather than waiting on the store and then blaming it."""
@@ -147,14 +220,22 @@ def test_a_store_that_cannot_say_whether_the_run_exists_keeps_the_checkpoints(re
     checkpoints = repo / "data" / "train_state" / "checkpoints"
     before = sorted(p.name for p in checkpoints.iterdir())
     with FixtureServer() as server:  # answers the experiment lookup, then is unavailable
-        experiment = {"experiment_id": "1", "name": "mnist-pipeline", "lifecycle_stage": "active",
-                      "artifact_location": str(repo / "mlruns")}  # fmt: skip
+        experiment = {
+            "experiment_id": "1",
+            "name": "mnist-pipeline",
+            "lifecycle_stage": "active",
+            "artifact_location": str(repo / "mlruns"),
+        }
         server.routes["/api/2.0/mlflow/experiments/get-by-name"] = json.dumps(
             {"experiment": experiment}
         ).encode()
         server.routes["/api/2.0/mlflow/runs/get"] = 503
-        result = run([sys.executable, "-m", "stages.train"], repo, check=False,
-                     env={"MLFLOW_TRACKING_URI": server.url("/").rstrip("/")})  # fmt: skip
+        result = run(
+            [sys.executable, "-m", "stages.train"],
+            repo,
+            check=False,
+            env={"MLFLOW_TRACKING_URI": server.url("/").rstrip("/")},
+        )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert (
         "cannot tell whether the MLflow run" in result.stderr and "The checkpoints are kept" in result.stderr
@@ -255,6 +336,25 @@ def test_train_fails_in_seconds_before_training_when_the_server_is_down(repo):
     assert elapsed < 60, elapsed  # most of it is importing TensorFlow; MLflow's own retries take minutes
 
 
+def test_a_store_lost_before_any_epoch_says_no_epoch_had_finished(repo):
+    """The message says only what is true: here no epoch had finished, so there are none to keep."""
+    with FixtureServer() as server:  # answers the experiment lookup; creating a run fails (501)
+        experiment = {
+            "experiment_id": "1",
+            "name": "mnist-pipeline",
+            "lifecycle_stage": "active",
+            "artifact_location": str(repo / "mlruns"),
+        }
+        server.routes["/api/2.0/mlflow/experiments/get-by-name"] = json.dumps(
+            {"experiment": experiment}
+        ).encode()
+        env = {"MLFLOW_TRACKING_URI": server.url("/").rstrip("/"), "MNIST_TRACKING_PATIENCE_S": "0"}
+        result = run([sys.executable, "-m", "stages.train"], repo, check=False, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "starting the MLflow run failed" in result.stderr and "did not answer" in result.stderr
+    assert "No epoch had finished" in result.stderr and "epochs are kept" not in result.stderr
+
+
 def test_a_server_restarted_during_training_gets_a_complete_run(repo, tmp_path):
     """The server goes away after the first epoch and comes back: training carries on, and MLflow ends
     with every epoch, the params, the model and exactly one registered version."""
@@ -266,9 +366,13 @@ def test_a_server_restarted_during_training_gets_a_complete_run(repo, tmp_path):
     history = repo / "data" / "train_state" / "history.csv"
     with serving(mlflow_server(store, port), store, port, "/health"):
         train = subprocess.Popen(
-            [sys.executable, "-m", "stages.train"], cwd=repo, env=user_env(MLFLOW_TRACKING_URI=uri),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "stages.train"],
+            cwd=repo,
+            env=user_env(MLFLOW_TRACKING_URI=uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 240
         while not history.exists() or len(history.read_text().splitlines()) < 2:
             assert train.poll() is None, train.stdout.read()
@@ -313,9 +417,14 @@ def test_a_full_disk_fails_clearly_and_leaves_the_earlier_outputs(repo):
     before = {p.name: digest(p) for p in prepared.iterdir()}
     set_params(repo, preprocess={"limit": 2000})  # a new output, which will not fit
     result = subprocess.run(
-        [sys.executable, "-m", "stages.preprocess"], cwd=repo, env=user_env(), capture_output=True,
-        text=True, preexec_fn=_file_size_limit(1_000_000), check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "stages.preprocess"],
+        cwd=repo,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit(1_000_000),
+        check=False,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "failed (File too large); nothing was replaced" in result.stderr
     assert {p.name: digest(p) for p in prepared.iterdir()} == before

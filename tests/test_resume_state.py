@@ -37,10 +37,12 @@ def keras_reference(losses, accuracies, patience: int, plateau_patience: int = 2
     """Keras' callbacks as an uninterrupted fit() drives them: per epoch, (stop, learning rate after it,
     best epoch so far)."""
     model = small_model(seed=0)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
-                                            restore_best_weights=True)  # fmt: skip
-    schedule = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.5,
-                                                 patience=plateau_patience)  # fmt: skip
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True
+    )
+    schedule = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", mode="min", factor=0.5, patience=plateau_patience
+    )
     decisions = []
     for callback in (stopper, schedule):
         callback.set_model(model)
@@ -105,8 +107,11 @@ def run_epochs(train_state: TrainState, model: keras.Model, rules: Rules, epochs
     for epoch in epochs:
         model.set_weights([w + epoch for w in small_model(seed=epoch).get_weights()])
         weights_after[epoch] = model.get_weights()
-        row = {"val_loss": VAL_LOSS[epoch - 1], "val_accuracy": VAL_ACCURACY[epoch - 1],
-               "learning_rate": learning_rate(model)}  # fmt: skip
+        row = {
+            "val_loss": VAL_LOSS[epoch - 1],
+            "val_accuracy": VAL_ACCURACY[epoch - 1],
+            "learning_rate": learning_rate(model),
+        }
         state = advance(state, row, rules)
         if rules.plateau:
             model.optimizer.learning_rate = state.learning_rate

@@ -1,16 +1,20 @@
 """Where a stage's time goes: its imports, then named phases (loading data, fit, MLflow, saving...).
 
-A stage calls `lap("load data")` after each phase: the time since the previous lap is charged to that
-name. `run_stage` logs the breakdown as one line at the end, and appends it as JSON to the file named by
-`MNIST_PIPELINE_TIMINGS` when set, which is how bench/overhead.py breaks a whole `dvc repro` down.
+A stage wraps each phase in `with phase("fit"):` (or calls `lap("load data")` after it: the time since
+the previous lap is charged to that name). `run_stage` logs the breakdown as one line at the end, and
+appends it as JSON to the file named by `MNIST_PIPELINE_TIMINGS` when set, which is how
+bench/overhead.py breaks a whole `dvc repro` down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages import STARTED
@@ -34,6 +38,27 @@ def lap(name: str) -> float:
     _phases[name] = _phases.get(name, 0.0) + seconds
     _last["at"] = now
     return seconds
+
+
+@dataclass
+class Elapsed:
+    """The seconds a `phase` block took, once it has ended."""
+
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[Elapsed]:
+    """Charge the time inside the block to the phase `name` (a phase may recur: its times add up)."""
+    started = time.perf_counter()
+    elapsed = Elapsed()
+    try:
+        yield elapsed
+    finally:
+        now = time.perf_counter()
+        elapsed.seconds = now - started
+        _phases[name] = _phases.get(name, 0.0) + elapsed.seconds
+        _last["at"] = now
 
 
 def record(stage: str) -> None:

@@ -8,77 +8,116 @@ refuses stops the stage with MLflow's own message.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from stages.core.config import Params
 from stages.core.errors import StageError
 from stages.core.io import file_digest
 from stages.tracking import lineage, registry, store
 from stages.tracking.lineage import library_versions
 from stages.tracking.queries import MODEL_TAG
-from stages.training.state import TrainState
+from stages.training.state import ResumeState, TrainState
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(params: Params, data_hash: str) -> str:
-    """What makes two trainings the same, so that one may resume the other's checkpoints: the seed, the
-    splits, the training settings and the data. Not the registered model's name, which is only a label."""
-    relevant = {
-        "seed": params.seed,
-        "preprocess": params.preprocess.model_dump(),
-        "train": params.train.model_dump(exclude={"registered_model"}),
-    }
-    return hashlib.sha256(json.dumps([relevant, data_hash], sort_keys=True).encode()).hexdigest()
+START_ATTEMPT_TAG = "mnist.start_attempt"  # set by the client on a new run, to find it after a lost answer
 
 
-def start(state: TrainState, experiment_id: str, run_name: str) -> str:
-    """Start the run, or resume the unfinished run of these checkpoints; its id.
+def resume_or_start(
+    checkpoints: TrainState, model: keras.Model, rebuild: Callable[[], keras.Model]
+) -> tuple[keras.Model, ResumeState, str | None, str | None]:
+    """The model to train (`model`, freshly built, or rebuilt by `rebuild`), its ResumeState, the MLflow
+    run to resume (or None: a new one) and an earlier run whose checkpoints were set aside (to mark
+    killed), deciding from the checkpoints on disk:
 
-    Whether that run is still in the store decides what happens to the checkpoints: yes, resume them;
-    no (another store, or deleted), start afresh; can't tell (the store did not answer), stop and keep them.
+    - none: a fresh model;
+    - another training's (any fingerprint part differs): set aside, a fresh model, a new run;
+    - this training's, and its run is in the store: the newest readable checkpoint, in that run;
+      if none can be read, they are set aside and training starts afresh in a new run (never epoch 0
+      again inside the old one, which would then hold each early epoch twice);
+    - this training's, but its run is not in this store (another store, or deleted): cleared, afresh;
+    - the store cannot say: stop, keeping them.
     """
+    if not checkpoints.exists():
+        return model, ResumeState(), None, None
+    if differing := checkpoints.differing_parts():
+        named = " and ".join([", ".join(differing[:-1]), differing[-1]] if len(differing) > 1 else differing)
+        stale = checkpoints.set_aside(
+            f"its {named} differ{'s' if len(differing) == 1 else ''} from this training's"
+        )
+        return model, ResumeState(), None, stale
+    run_id = checkpoints.run_id
+    exists = store.run_exists(run_id) if run_id is not None else False
+    if exists is None:
+        raise StageError(
+            f"cannot tell whether the MLflow run {run_id} of the checkpoints in {checkpoints.root} is in the "
+            f"store {store.redact(store.tracking_uri())}: it did not answer. The checkpoints are kept; "
+            "rerun `dvc repro` once the store answers, and training resumes from them."
+        )
+    if not exists:
+        log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", run_id)
+        checkpoints.clear()
+        return model, ResumeState(), None, None
+    if not checkpoints.checkpoints():  # killed before its first epoch ended: nothing was logged
+        checkpoints.clear()
+        return model, ResumeState(), None, run_id
+    state = checkpoints.restore(model)
+    if state.epoch == 0:
+        stale = checkpoints.set_aside("none of its checkpoints could be read")
+        return rebuild(), ResumeState(), None, stale  # a failed load may have changed some weights
+    return model, state, run_id, None
+
+
+def open_run(experiment_id: str, run_name: str, resumed: str | None, stale: str | None, kept: str) -> str:
+    """Resume the run `resumed`, or create a new one, once; mark `stale` (a set-aside run) killed. Its id.
+
+    Creating a run is not idempotent: after an attempt whose answer was lost, the run is looked up by a
+    tag this client set, and created only if it is not there."""
     import mlflow
 
-    if (stale := state.stale_run_id()) is not None:
+    if stale is not None:
         _mark_killed(stale)
-    resumed = state.run_id
-    arguments: dict[str, str] = {"experiment_id": experiment_id, "run_name": run_name}
     if resumed is not None:
-        exists = store.run_exists(resumed)
-        if exists is None:
-            raise StageError(
-                f"cannot tell whether the MLflow run {resumed} of the checkpoints in {state.root} is in the "
-                f"store {store.redact(store.tracking_uri())}: it did not answer. The checkpoints are kept; "
-                "rerun `dvc repro` once the store answers, and training resumes from them."
-            )
-        if exists:
-            log.info("resuming MLflow run %s from its last finished epoch", resumed)
-            arguments = {"run_id": resumed}
-        else:
-            log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", resumed)
-            state.clear()
-    run = store.retrying(lambda: mlflow.start_run(**arguments), "starting the MLflow run")
-    state.start(run.info.run_id)
+        log.info("resuming MLflow run %s from its last finished epoch", resumed)
+        run = store.retrying(lambda: mlflow.start_run(run_id=resumed), "resuming the MLflow run", kept=kept)
+        return run.info.run_id
+    token = uuid.uuid4().hex
+
+    def find() -> Any:
+        found = mlflow.MlflowClient().search_runs(
+            [experiment_id], filter_string=f"tags.`{START_ATTEMPT_TAG}` = '{token}'", max_results=1
+        )
+        return mlflow.start_run(run_id=found[0].info.run_id) if found else None
+
+    run = store.create_once(
+        lambda: mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags={START_ATTEMPT_TAG: token}
+        ),
+        find,
+        "starting the MLflow run",
+        kept=kept,
+    )
     return run.info.run_id
 
 
-def log_params(run_id: str, params: dict[str, str]) -> None:
+def log_params(run_id: str, params: dict[str, str], kept: str = store.NOTHING_TO_LOSE) -> None:
     """Log the params; on a resumed run only those not logged yet. MLflow refuses to change a logged
     param, so one edited since the run began (say `evaluate.*` after a kill) keeps the value the run
     started with, and the log says so."""
     import mlflow
 
-    logged = store.retrying(lambda: mlflow.MlflowClient().get_run(run_id).data.params, "reading the run")
+    logged = store.retrying(
+        lambda: mlflow.MlflowClient().get_run(run_id).data.params, "reading the run", kept=kept
+    )
     changed = {
         key: (logged[key], value) for key, value in params.items() if key in logged and logged[key] != value
     }
@@ -90,7 +129,7 @@ def log_params(run_id: str, params: dict[str, str]) -> None:
         )
     new = {key: value for key, value in params.items() if key not in logged}
     if new:
-        store.retrying(lambda: mlflow.log_params(new, run_id=run_id), "logging the params")
+        store.retrying(lambda: mlflow.log_params(new, run_id=run_id), "logging the params", kept=kept)
 
 
 def log_datasets(meta: dict[str, Any], splits: dict[str, dict[str, np.ndarray] | None]) -> None:
@@ -120,10 +159,16 @@ def layer_summary(model: keras.Model) -> str:
     drops the parameter column.)"""
     from tabulate import tabulate
 
-    rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape)), layer.count_params())
-            for layer in model.layers]  # fmt: skip
-    table = tabulate(rows, headers=("layer", "type", "output shape", "parameters"), intfmt=",",
-                     colalign=("left", "left", "left", "right"))  # fmt: skip
+    rows = [
+        (layer.name, type(layer).__name__, str(tuple(layer.output.shape)), layer.count_params())
+        for layer in model.layers
+    ]
+    table = tabulate(
+        rows,
+        headers=("layer", "type", "output shape", "parameters"),
+        intfmt=",",
+        colalign=("left", "left", "left", "right"),
+    )
     counts = parameter_counts(model)
     labels = {"total": "total", "trainable": "trainable", "non_trainable": "non-trainable"}
     totals = "\n".join(f"{label} parameters: {counts[key]:,}" for key, label in labels.items())

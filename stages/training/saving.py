@@ -30,6 +30,25 @@ def save_model(model: Any, dest: Path | str) -> None:
             fixed.writestr(zipfile.ZipInfo(info.filename, FIXED_ZIP_TIME), data, info.compress_type)
 
 
+def architecture(model: Any) -> dict[str, Any]:
+    """The model's Keras config (layers, their settings, how they connect) as plain data that is the same
+    for the same architecture whatever was built before it: what a checkpoint's fingerprint holds it to.
+    Keras names layers by a per-process counter (`dense_3`), so names become their position."""
+    config = _renumbered(json.loads(model.to_json()), {})
+    config.pop("compile_config", None)  # the optimizer and its schedule: the settings part covers them
+    layers = [layer["config"]["name"] for layer in config["config"]["layers"]]  # InputLayer included
+    names = {name: f"layer-{i}" for i, name in enumerate(layers)} | {config["config"]["name"]: "model"}
+    return _renamed(config, names)
+
+
+def _renamed(config: Any, names: dict[str, str]) -> Any:
+    if isinstance(config, dict):
+        return {key: _renamed(value, names) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_renamed(item, names) for item in config]
+    return names.get(config, config) if isinstance(config, str) else config
+
+
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date, as Keras uses for its other entries
 
 

@@ -8,7 +8,7 @@ choice are small functions of it that give Keras' EarlyStopping and ReduceLROnPl
 run simply loads the state of its newest checkpoint and goes on.
 
 On disk, under data/train_state/ (not a DVC output):
-    fingerprint, run_id                  which settings and which MLflow run the state belongs to
+    fingerprint.json, run_id             which training and which MLflow run the state belongs to
     checkpoints/epoch-NNNN.weights.h5    model and optimizer weights after epoch NNNN
     states/epoch-NNNN.json               the ResumeState after epoch NNNN (written before the weights)
     history.csv                          the finished epochs, for people watching a long run
@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -115,33 +116,51 @@ def best_epoch(state: ResumeState, rules: Rules) -> int | None:
 class TrainState:
     """data/train_state/: the checkpoints, their ResumeStates and the MLflow run id of an unfinished run.
 
-    It is only resumed when its fingerprint (params, data, code-relevant settings) matches this run's.
+    It is only resumed when its fingerprint (stages/training/fingerprint.py: the settings in effect, the
+    architecture, the data and the declared code) matches this run's; otherwise it is set aside.
     A checkpoint exists once its weights file has its final name; its state was written before that.
     """
 
     KEEP = 2  # finished checkpoints kept: the newest, and one to fall back on if it proves unreadable
 
-    def __init__(self, root: Path, fingerprint: str, keep_best: bool = False) -> None:
+    def __init__(self, root: Path, fingerprint: Mapping[str, str] | str, keep_best: bool = False) -> None:
         """`keep_best`: also keep the best epoch's checkpoint, which early stopping ends the run with."""
         self.root = root
-        self.fingerprint = fingerprint
+        self.fingerprint = dict(fingerprint) if isinstance(fingerprint, Mapping) else {"all": fingerprint}
         self.keep_best = keep_best
         self.checkpoint_dir = root / "checkpoints"
         self.state_dir = root / "states"
         self.history_csv = root / "history.csv"
-        self._fingerprint_file = root / "fingerprint"
+        self.set_aside_dir = root.with_name(f"{root.name}.set-aside")
+        self._fingerprint_file = root / "fingerprint.json"
         self._run_id_file = root / "run_id"
 
-    def stale_run_id(self) -> str | None:
-        """If a different run left state behind, clear it and return that run's id (to mark it killed)."""
-        if not self.root.exists():
-            return None
-        previous = self._fingerprint_file.read_text().strip() if self._fingerprint_file.exists() else None
-        if previous == self.fingerprint:
-            return None
+    def exists(self) -> bool:
+        return self.root.exists()
+
+    def differing_parts(self) -> list[str]:
+        """The fingerprint parts in which the state on disk differs from this training (all, if unknown)."""
+        try:
+            recorded = json.loads(self._fingerprint_file.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            return list(self.fingerprint)
+        return [part for part, value in self.fingerprint.items() if recorded.get(part) != value]
+
+    def set_aside(self, why: str) -> str | None:
+        """Move the state to data/train_state.set-aside (replacing an older one there), saying `why` in one
+        line; return the MLflow run id it belonged to, so that run can be marked killed."""
         stale = self.run_id
-        log.info("discarding checkpoints of an earlier run with other settings")
-        self.clear()
+        shutil.rmtree(self.set_aside_dir, ignore_errors=True)
+        self.root.replace(self.set_aside_dir)
+        log.warning(
+            "set the checkpoints of MLflow run %s aside in %s: %s; training starts afresh in a new "
+            "MLflow run",
+            stale,
+            self.set_aside_dir,
+            why,
+        )
         return stale
 
     @property
@@ -150,7 +169,7 @@ class TrainState:
 
     def start(self, run_id: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._fingerprint_file.write_text(self.fingerprint)
+        write_json(self._fingerprint_file, self.fingerprint)
         self._run_id_file.write_text(run_id)
 
     def clear(self) -> None:
@@ -158,8 +177,10 @@ class TrainState:
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Finished checkpoints, newest first. A name is only ever given to a completely written file."""
-        found = [(int(p.name.split(".")[0].removeprefix("epoch-")), p)
-                 for p in self.checkpoint_dir.glob("epoch-*.weights.h5")]  # fmt: skip
+        found = [
+            (int(p.name.split(".")[0].removeprefix("epoch-")), p)
+            for p in self.checkpoint_dir.glob("epoch-*.weights.h5")
+        ]
         return sorted(found, reverse=True)
 
     def _state_file(self, epoch: int) -> Path:
@@ -226,8 +247,9 @@ class TrainState:
 def write_history(fh, history: tuple[dict[str, float], ...] | list[dict[str, float]]) -> None:
     """The epochs as CSV rows (metrics/train_history.csv and the progress log share the format), without
     their wall times: the file is a DVC output, and its hash must not depend on the clock."""
-    writer = csv.DictWriter(fh, fieldnames=[f for f in HISTORY_FIELDS if f != "epoch_time_s"],
-                            extrasaction="ignore")  # fmt: skip
+    writer = csv.DictWriter(
+        fh, fieldnames=[f for f in HISTORY_FIELDS if f != "epoch_time_s"], extrasaction="ignore"
+    )
     writer.writeheader()
     for row in history:
         writer.writerow({**row, "epoch": int(row["epoch"])})

@@ -1,0 +1,80 @@
+"""What makes two trainings the same, so that one may resume the other's checkpoints.
+
+As nanoGPT's checkpoint carries the `model_args` that made it, a training's checkpoints carry a
+fingerprint of four parts, each a SHA-256: the settings in effect (the preset's defaults resolved with
+params.yaml's overrides, the seed, the precision), the model's architecture (its Keras config), the
+prepared data (each split's file hash), and the code DVC declares for the train stage (every file under
+its `stages/` deps). A rerun resumes only when all four match; otherwise the checkpoints are set aside,
+with one log line naming the parts that differ, and a new MLflow run starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.core.errors import StageError
+
+PARTS = ("settings", "architecture", "data", "code")
+CODE_ROOT = "stages"
+DVC_FILE = Path("dvc.yaml")
+# What the model config names but does not decide: the data (a part of its own), and the registered name.
+NOT_SETTINGS = ("dataset", "data_content_sha256", "splits")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(
+    model_config: Mapping[str, Any],
+    architecture: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    stage: str = "train",
+) -> dict[str, str]:
+    """The four parts for a training with these settings (train's `model_config`), this architecture
+    (the model's Keras config), this prepared data (preprocess's meta.json) and this checkout's code."""
+    settings = {key: value for key, value in model_config.items() if key not in NOT_SETTINGS}
+    return {
+        "settings": _digest(settings),
+        "architecture": _digest(architecture),
+        "data": _digest([meta["content_sha256"], meta["files_md5"]]),
+        "code": declared_code_digest(stage),
+    }
+
+
+def differences(recorded: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
+    """The parts in which two fingerprints differ (every part when the recorded one is unknown)."""
+    if recorded is None:
+        return list(current)
+    return [part for part in current if recorded.get(part) != current[part]]
+
+
+def declared_code(stage: str, dvc_file: Path = DVC_FILE) -> list[Path]:
+    """The Python files under the stage's `stages/` deps in dvc.yaml, sorted: the code DVC reruns it for."""
+    try:
+        deps = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"][stage]["deps"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise StageError(
+            f"cannot read the deps of stage {stage!r} from {dvc_file} ({exc}); run from the repository root"
+        ) from exc
+    files: set[Path] = set()
+    for dep in deps:
+        path = Path(dep)
+        if path.parts[:1] != (CODE_ROOT,):
+            continue
+        files |= set(path.rglob("*.py")) if path.is_dir() else {path}
+    return sorted(files)
+
+
+def declared_code_digest(stage: str, dvc_file: Path = DVC_FILE) -> str:
+    """One hash of the stage's declared code: each file's path and content."""
+    digest = hashlib.sha256()
+    for path in declared_code(stage, dvc_file):
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
