@@ -60,3 +60,41 @@ def test_an_edited_key_makes_exactly_its_readers_stale(repo, section, name, valu
         assert stages_reading(repo, key) == expected
     finally:
         (repo / "params.yaml").write_text(original)
+
+
+def code_changes(repo) -> dict[str, set[str]]:
+    """Per stage, the code deps `dvc status` reports as modified."""
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    found: dict[str, set[str]] = {}
+    for stage, entries in status.items():
+        for entry in entries:
+            changed = entry.get("changed deps", {}) if isinstance(entry, dict) else {}
+            found.setdefault(stage, set()).update(dep for dep in changed if dep.startswith("stages/"))
+    return found
+
+
+CODE_EDITS = [
+    ("stages/data/npz.py", {"download", "preprocess", "train", "evaluate"}),
+    ("stages/core/io.py", {"check_params", "download", "preprocess", "train", "evaluate", "report"}),
+    ("stages/tracking/store.py", {"train", "report"}),
+    ("stages/serving/digits.py", {"train"}),
+    ("stages/data/sources.py", {"download"}),
+]
+
+
+@pytest.mark.parametrize(("module", "expected"), CODE_EDITS, ids=[e[0] for e in CODE_EDITS])
+def test_an_edited_module_makes_exactly_the_stages_that_run_it_stale(repo, module, expected):
+    """Before, train declared only stages/training: editing npz.py or core/io.py left it "up to date"."""
+    path = repo / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# edited\n")
+        after = code_changes(repo)
+    finally:
+        path.write_text(original)
+    covering = {
+        stage
+        for stage, deps in after.items()
+        if any(dep == module or module.startswith(f"{dep}/") for dep in deps)
+    }
+    assert covering == expected
