@@ -130,3 +130,15 @@ def test_the_same_weights_saved_by_two_processes_are_the_same_bytes(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "a.keras", safe_mode=True)
     x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
     assert loaded.predict(x, verbose=0).shape == (2, 10)
+
+
+def test_the_readmes_presets_table_is_generated_from_the_presets():
+    """The README's table is `python -m stages.training.presets README.md`: never typed beside PRESETS."""
+    from conftest import REPO
+
+    from stages.core.config import TrainConfig
+    from stages.training.presets import README_BEGIN, README_END, markdown_table
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
+    assert block == "\n" + markdown_table(TrainConfig.model_fields["model"].default)

@@ -6,8 +6,9 @@
     mnist-predict --json scan.png                            # one JSON object per image, all probabilities
 
 Image files of any size are converted as MNIST made its digits (grey, inverted if dark on light, contrast
-stretched, the ink scaled into 20 x 20 and centred by its centre of mass in 28 x 28); 28 x 28 files are
-taken as they are. Arrays in .npz files must be uint8 0-255 or floats in [0, 1]. Every input gets an
+stretched, the ink scaled into 20 x 20 and centred by its centre of mass in 28 x 28); a 28 x 28 file is
+only inverted if light, then taken as it is. Arrays in .npz files must be uint8 0-255 or floats in [0, 1],
+N x 28 x 28 (x 1) or N x 784 (a table is never read as a picture). Every input gets an
 answer: a class, a warning instead of a class (a blank page, something unlike any digit), or an error.
 The exit code is 1 if any input failed.
 """
@@ -115,11 +116,17 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, ...) or .npz batches")
-    parser.add_argument("--model", help="a .keras file or an MLflow model URI (default: the repository's "
-                        "data/model, else its champion)")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        help="a .keras file or an MLflow model URI (default: the repository's data/model, else its champion)",
+    )
     parser.add_argument("--key", default="x", help="the array to read from .npz inputs (default x)")
-    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                        help="image files: invert them (auto: when mostly light, as scans are)")  # fmt: skip
+    parser.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="image files: invert them (auto: when mostly light, as scans are)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
     args = parser.parse_args(argv)
 
@@ -145,9 +152,18 @@ def main(argv: list[str] | None = None) -> None:
 def _print_answer(name: str, row: dict[str, Any], class_names: list[str], as_json: bool) -> None:
     if as_json:
         probabilities = dict(zip(class_names, row["probabilities"], strict=True))
-        print(json.dumps({"input": name, "label": row["label"], "class": row["class"],
-                          "confidence": row["confidence"], "probabilities": probabilities,
-                          "warning": row["warning"]}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "input": name,
+                    "label": row["label"],
+                    "class": row["class"],
+                    "confidence": row["confidence"],
+                    "probabilities": probabilities,
+                    "warning": row["warning"],
+                }
+            )
+        )
     elif row["warning"]:
         print(f"{name}: no answer ({row['warning']})")
     else:

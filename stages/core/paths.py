@@ -12,7 +12,6 @@ METRICS = Path("metrics")
 
 PARAMS_CHECKED = DATA / "params.checked"  # written by check_params, constant
 DATA_METRICS = METRICS / "data.json"
-SPLITS = ("train", "val", "test")
 
 
 def raw_npz(dataset: str) -> Path:

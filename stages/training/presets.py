@@ -37,7 +37,7 @@ class Preset:
     """An architecture plus the training settings it is known to work with."""
 
     name: str
-    summary: str
+    summary: str  # the architecture in one line, as the README's presets table shows it
     build: Callable[[str], keras.Model]  # takes the dataset: augmentation that suits it, where there is any
     optimizer: OptimizerName
     learning_rate: float
@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
     for preset in [
         Preset(
             name="mlp",
-            summary="Dense 512 relu -> Dense 10 (Keras getting-started tutorial)",
+            summary="Dense 512 relu → Dense 10",
             build=build_mlp,
             optimizer="rmsprop",
             learning_rate=0.001,
@@ -69,7 +69,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="mlp_dropout",
-            summary="2 x (Dense 512 relu, Dropout 0.2) -> Dense 10",
+            summary="2 × (Dense 512 relu, Dropout 0.2) → Dense 10",
             build=build_mlp_dropout,
             optimizer="rmsprop",
             learning_rate=0.001,
@@ -81,7 +81,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="cnn",
-            summary="2 x Conv 32 -> MaxPool -> Dense 128, dropout (Keras 1 mnist_cnn example)",
+            summary="2 × Conv 32 → MaxPool → Dropout → Dense 128 → Dropout → Dense 10",
             build=build_cnn,
             optimizer="adadelta",
             learning_rate=1.0,  # Keras 1's default; Keras 3's 0.001 barely trains it
@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="cnn_deep",
-            summary="3 x (Conv same -> MaxPool -> Dropout 0.5), f = 64/128/256 -> Dense 128/64/32",
+            summary="3 × (Conv same → MaxPool → Dropout 0.5), 64/128/256 → Dense 128/64/32 → 10",
             build=build_cnn_deep,
             optimizer="adagrad",
             learning_rate=0.01,  # Keras 2.2's default
@@ -107,7 +107,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="cnn_fashion",
-            summary="2 x (Conv 64 -> ReLU -> MaxPool) -> Dense 64 -> Dense 10 (TensorFlow Fashion-MNIST CNN)",
+            summary="2 × (Conv 64 → ReLU → MaxPool) → Dense 64 → Dense 10 → Softmax",
             build=build_cnn_fashion,
             optimizer="adam",
             learning_rate=0.001,
@@ -120,7 +120,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="fast_cnn",
-            summary="Ours: 2 x 2 convs (24, then 48 batch-normalised) + Dense 128, cosine schedule",
+            summary="2 × Conv 24 → MaxPool → 2 × Conv 48 with batch norm → MaxPool → Dense 128 → Dropout 0.3",
             build=build_fast_cnn,
             optimizer="adam",
             learning_rate=0.003,
@@ -130,7 +130,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="best_cnn",
-            summary="Ours: deeper batch-normalised CNN, augmentation suited to the dataset, cosine schedule",
+            summary="augmentation in the model (shift, rotate, zoom) → 2 × (2 × Conv-BN + strided Conv-BN) "
+            "→ Conv 128",
             build=build_best_cnn,
             optimizer="adam",
             learning_rate=0.003,
@@ -247,3 +248,69 @@ def compiled_model(
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+# ------------------------------------------------------------------------------------ the README's table
+
+OPTIMIZER_NAMES = {
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "adadelta": "Adadelta",
+    "adagrad": "Adagrad",
+}
+SCHEDULE_NAMES = {"constant": "", "cosine": "warm-up + cosine", "plateau": "halved on plateau"}
+README_BEGIN, README_END = "<!-- presets:begin -->", "<!-- presets:end -->"
+
+
+def _optimizer_text(preset: Preset) -> str:
+    options = ", ".join(
+        f"{key.removesuffix('_value').replace('_', ' ')} {value:g}"
+        for key, value in preset.optimizer_options.items()
+    )
+    schedule = SCHEDULE_NAMES[preset.schedule]
+    return ", ".join(
+        part
+        for part in (f"{OPTIMIZER_NAMES[preset.optimizer]} {preset.learning_rate:g}", options, schedule)
+        if part
+    )
+
+
+def markdown_table(default: str) -> str:
+    """The README's presets table, from PRESETS and the built models (their parameter counts)."""
+    rows = [
+        "| preset | from | architecture | parameters | optimizer | epochs | batch |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for preset in PRESETS.values():
+        name = f"`{preset.name}`"
+        if preset.reference is None:
+            name = f"**{name}**" + (" (default)" if preset.name == default else "")
+        parameters = preset.build(preset.dataset).count_params()
+        cells = [
+            name,
+            preset.reference or "ours",
+            preset.summary,
+            f"{parameters:,}",
+            _optimizer_text(preset),
+            str(preset.epochs),
+            str(preset.batch_size),
+        ]
+        rows.append(f"| {' | '.join(cells)} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m stages.training.presets README.md: rewrite its presets table
+    import sys
+    from pathlib import Path
+
+    from stages.core.config import TrainConfig
+
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    before, _, rest = readme.read_text(encoding="utf-8").partition(README_BEGIN)
+    _, _, after = rest.partition(README_END)
+    if not rest:
+        sys.exit(f"{readme} has no {README_BEGIN} ... {README_END} block")
+    table = markdown_table(TrainConfig.model_fields["model"].default)
+    readme.write_text(f"{before}{README_BEGIN}\n{table}{README_END}{after}", encoding="utf-8")
