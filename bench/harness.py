@@ -35,8 +35,12 @@ def spread(values: list[float], digits: int = 0, unit: str = "") -> str:
 
 def scratch_copy(dest: Path) -> Path:
     """The working tree's tracked and new files in a fresh git repository at `dest`, as a clone would be."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,15 @@ def run_variant(variant: str, preset_name: str, epochs: int) -> dict:
         )
         history = model.fit(train, epochs=epochs, validation_data=val_data, callbacks=[timer], verbose=0)
     else:
-        history = model.fit(x, y, batch_size=settings.batch_size, epochs=epochs, validation_data=val,
-                            callbacks=[timer], verbose=0)  # fmt: skip
+        history = model.fit(
+            x,
+            y,
+            batch_size=settings.batch_size,
+            epochs=epochs,
+            validation_data=val,
+            callbacks=[timer],
+            verbose=0,
+        )
     return {
         "epoch_s": [round(s, 3) for s in epoch_s],
         "last_epoch_images_per_s": round(len(x) / epoch_s[-1]),
@@ -89,8 +96,11 @@ def summarise(runs: list[dict]) -> str:
         "| --- | --- | ---: | --- | ---: | ---: | --- |",
     ]
     for preset in dict.fromkeys(r["preset"] for r in runs):
-        base = {r["round"]: r["last_epoch_images_per_s"] for r in runs
-                if r["preset"] == preset and r["variant"] == "arrays_spe1"}  # fmt: skip
+        base = {
+            r["round"]: r["last_epoch_images_per_s"]
+            for r in runs
+            if r["preset"] == preset and r["variant"] == "arrays_spe1"
+        }
         for variant in VARIANTS:
             mine = [r for r in runs if r["preset"] == preset and r["variant"] == variant]
             if not mine:

@@ -92,8 +92,9 @@ def table(rows: list[dict], summary: dict, noop: list[float]) -> str:
     header = "| stage | " + " | ".join(COLUMNS) + " | process total |"
     lines = [header, "|" + " --- |" + " ---: |" * (len(COLUMNS) + 1)]
     for row in rows:
-        lines.append(f"| {row['stage']} | " + " | ".join(f"{row[c]:.2f}" for c in COLUMNS)
-                     + f" | {row['total']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {row['stage']} | " + " | ".join(f"{row[c]:.2f}" for c in COLUMNS) + f" | {row['total']:.2f} |"
+        )
     lines.append(f"| DVC itself | | | | | | | | {summary['dvc_own_s']:.2f} |")
     preprocess = next((r["total"] for r in rows if r["stage"] == "preprocess"), float("nan"))
     checks = [
@@ -135,8 +136,10 @@ def main() -> None:
             (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         timings = repo / "timings.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-                "MNIST_PIPELINE_TIMINGS": str(timings)}  # fmt: skip
+        env |= {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+            "MNIST_PIPELINE_TIMINGS": str(timings),
+        }
         # --force: the committed outputs match what this copy trains (same bytes), so a plain repro would
         # skip evaluate; the breakdown is of every stage
         total_s = timed(["dvc", "repro", "--force"], repo, env)

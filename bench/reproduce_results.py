@@ -48,8 +48,19 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 def train(preset: str, dataset: str) -> None:
     name = f"results-{preset}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    command = ["dvc", "exp", "run", "--temp", "--force", "-n", name,
-               "-S", f"train.model={preset}", "-S", f"data.dataset={dataset}"]  # fmt: skip
+    command = [
+        "dvc",
+        "exp",
+        "run",
+        "--temp",
+        "--force",
+        "-n",
+        name,
+        "-S",
+        f"train.model={preset}",
+        "-S",
+        f"data.dataset={dataset}",
+    ]
     print(f"== {' '.join(command)}", flush=True)
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)

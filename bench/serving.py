@@ -58,10 +58,24 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    env = os.environ | {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI",
-                                                              f"sqlite:///{ROOT / 'mlflow.db'}")}  # fmt: skip
-    command = ["mlflow", "models", "serve", "-m", args.model, "--env-manager", "local", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
+    }
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        args.model,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = (ROOT / "bench" / "serving.log").open("w")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

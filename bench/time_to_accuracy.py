@@ -60,8 +60,14 @@ def one_run(preset_name: str, epochs: int | None) -> dict:
             self.rows.append({"epoch": epoch + 1, "train_s": seconds, "test_accuracy": accuracy})
 
     clock = Clock()
-    model.fit(train["x"], train["y"], batch_size=settings.batch_size, epochs=settings.epochs, verbose=0,
-              callbacks=[clock])  # fmt: skip
+    model.fit(
+        train["x"],
+        train["y"],
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        verbose=0,
+        callbacks=[clock],
+    )
     return {"preset": preset_name, "device": device, "epochs": clock.rows}
 
 
@@ -133,8 +139,11 @@ def main() -> None:
             started = time.monotonic()
             run = child_result(command, preset) | {"round": round_ + 1}
             runs.append(run)
-            print(f"round {round_ + 1} {preset}: {time.monotonic() - started:.0f} s in all, "
-                  f"final test accuracy {run['epochs'][-1]['test_accuracy']:.2%}", flush=True)  # fmt: skip
+            print(
+                f"round {round_ + 1} {preset}: {time.monotonic() - started:.0f} s in all, "
+                f"final test accuracy {run['epochs'][-1]['test_accuracy']:.2%}",
+                flush=True,
+            )
     RESULTS.write_text(json.dumps({"target": args.target, "runs": runs}, indent=1) + "\n")
     print(summarise(runs, args.target))
 

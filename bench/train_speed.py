@@ -160,9 +160,12 @@ def main() -> None:
                 for side in sides if round_ % 2 == 0 else list(reversed(sides)):
                     run = one(side, preset, args.epochs, Path(scratch)) | {"round": round_ + 1}
                     runs.append(run)
-                    print(f"round {round_ + 1} {preset} {side}: {run['images_per_s']:.0f} images/s, "
-                          f"{run['epoch_s']:.1f} s per epoch, {run['wall_s']:.1f} s in all, "
-                          f"{run['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+                    print(
+                        f"round {round_ + 1} {preset} {side}: {run['images_per_s']:.0f} images/s, "
+                        f"{run['epoch_s']:.1f} s per epoch, {run['wall_s']:.1f} s in all, "
+                        f"{run['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
     args.output.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     print(summarise(runs))
 

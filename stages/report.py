@@ -76,8 +76,14 @@ def main() -> None:
     model = registry.logged_model(run_id)
     test_dataset = lineage.split_dataset(meta, "test", str(paths.prepared_split("test")))
     evaluation = [paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG]
-    record.evaluation(run_id, figures["eval"]["test"], per_class, evaluation,
-                      model.model_id if model else None, test_dataset)  # fmt: skip
+    record.evaluation(
+        run_id,
+        figures["eval"]["test"],
+        per_class,
+        evaluation,
+        model.model_id if model else None,
+        test_dataset,
+    )
     registry.register(run_id, params.train.registered_model)
     run = mlflow.MlflowClient().get_run(run_id)
     champion = queries.champion_run_id(params.train.registered_model, params.promote.alias)

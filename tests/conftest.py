@@ -220,10 +220,16 @@ def run(cmd: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | 
 
 def copy_repository(dest: Path) -> Path:
     """The working tree's tracked and new files, copied into a fresh git repository, as a clone would be."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = REPO / name
         if source.is_file():
@@ -334,6 +340,17 @@ def serving(command: list[str], repo: Path, port: int, ready_path: str, timeout_
 
 def mlflow_server(store: Path, port: int) -> list[str]:
     """The command for a real tracking server on 127.0.0.1 with its own sqlite store and artifacts."""
-    return ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    return [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]

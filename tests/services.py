@@ -56,8 +56,17 @@ def postgres(databases: tuple[str, ...]) -> Iterator[Postgres]:
         shutil.chown(root, "postgres")
         shutil.chown(root / "pw", "postgres")
     data, port = root / "data", free_port()
-    initdb = [_postgres_bin("initdb"), "-D", str(data), "-U", "mlflow", f"--pwfile={root / 'pw'}",
-              "--auth=scram-sha-256", "-E", "UTF8"]  # fmt: skip
+    initdb = [
+        _postgres_bin("initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "mlflow",
+        f"--pwfile={root / 'pw'}",
+        "--auth=scram-sha-256",
+        "-E",
+        "UTF8",
+    ]
     subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
     options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root}"
     pg_ctl = [_postgres_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log")]
@@ -86,8 +95,12 @@ def s3(root: Path, buckets: tuple[str, ...]) -> Iterator[S3]:
     endpoint = f"http://127.0.0.1:{port}"
     root.mkdir(parents=True, exist_ok=True)
     with serving(["moto_server", "-H", "127.0.0.1", "-p", str(port)], root, port, "/moto-api/"):
-        env = {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
-               "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}  # fmt: skip
+        env = {
+            "AWS_ACCESS_KEY_ID": "team-key",
+            "AWS_SECRET_ACCESS_KEY": "team-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        }
         store = S3(endpoint, env)
         for bucket in buckets:
             s3_client(store).create_bucket(Bucket=bucket)
@@ -97,9 +110,13 @@ def s3(root: Path, buckets: tuple[str, ...]) -> Iterator[S3]:
 def s3_client(store: S3):
     import boto3
 
-    return boto3.client("s3", endpoint_url=store.endpoint, region_name="us-east-1",
-                        aws_access_key_id=store.env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=store.env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    return boto3.client(
+        "s3",
+        endpoint_url=store.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=store.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=store.env["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 @dataclass(frozen=True)
@@ -113,8 +130,12 @@ class TeamServer:
         import requests
 
         password = secrets.token_urlsafe(16)
-        answer = requests.post(f"{self.url}/api/2.0/mlflow/users/create", auth=self.admin, timeout=30,
-                               json={"username": username, "password": password})  # fmt: skip
+        answer = requests.post(
+            f"{self.url}/api/2.0/mlflow/users/create",
+            auth=self.admin,
+            timeout=30,
+            json={"username": username, "password": password},
+        )
         answer.raise_for_status()
         return password
 
@@ -135,12 +156,29 @@ def team_server(root: Path) -> Iterator[TeamServer]:
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         port = free_port()
-        env = {**store.env, "MLFLOW_AUTH_CONFIG_PATH": str(config),
-               "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
-        command = ["env", *(f"{k}={v}" for k, v in env.items()), "mlflow", "server",
-                   "--app-name", "basic-auth", "--backend-store-uri", database.uri("mlflow"),
-                   "--artifacts-destination", "s3://mlflow/artifacts",
-                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+        env = {
+            **store.env,
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
+        command = [
+            "env",
+            *(f"{k}={v}" for k, v in env.items()),
+            "mlflow",
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--backend-store-uri",
+            database.uri("mlflow"),
+            "--artifacts-destination",
+            "s3://mlflow/artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         with serving(command, root, port, "/health") as url:
             _wait_for_login(url, admin)
             yield TeamServer(url, admin, store)

@@ -50,11 +50,20 @@ def test_train_speed_quick_runs_both_sides(small, tmp_path):
 def test_train_speed_gpu_path_runs_on_jax_and_says_where_it_ran(small, tmp_path):
     # the command the README gives for a GPU machine, here on the CPU: Keras on JAX, side (a) only
     out = tmp_path / "train_speed.json"
-    table = bench(small, "train_speed.py", "--tutorial-only", "--quick", "--output", str(out),
-                  env={"KERAS_BACKEND": "jax"})  # fmt: skip
+    table = bench(
+        small,
+        "train_speed.py",
+        "--tutorial-only",
+        "--quick",
+        "--output",
+        str(out),
+        env={"KERAS_BACKEND": "jax"},
+    )
     runs = json.loads(out.read_text())["runs"]
     assert sorted((r["preset"], r["side"], r["backend"]) for r in runs) == [
-        ("fast_cnn", "tutorial", "jax"), ("mlp", "tutorial", "jax")]  # fmt: skip
+        ("fast_cnn", "tutorial", "jax"),
+        ("mlp", "tutorial", "jax"),
+    ]
     assert all(r["epoch_s"] > 0 and r["device"].startswith("CPU (") for r in runs)
     assert "Tutorial side: CPU (" in table and "on Keras's jax backend" in table
 
@@ -82,8 +91,19 @@ def test_overhead_quick_breaks_a_whole_repro_down(small, tmp_path):
 def test_serving_measures_one_image_and_batches_of_32(small, tmp_path):
     out = tmp_path / "serving.json"
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{small / 'mlflow.db'}"}
-    table = bench(small, "serving.py", "--model", "models:/mnist-classifier/1", "--requests", "12",
-                  "--batches", "3", "--output", str(out), env=env)  # fmt: skip
+    table = bench(
+        small,
+        "serving.py",
+        "--model",
+        "models:/mnist-classifier/1",
+        "--requests",
+        "12",
+        "--batches",
+        "3",
+        "--output",
+        str(out),
+        env=env,
+    )
     result = json.loads(out.read_text())
     assert result["single_image_ms"]["requests"] == 12 and result["batch_32"]["requests"] == 3
     assert 0 < result["single_image_ms"]["p50"] <= result["single_image_ms"]["p90"]

@@ -18,8 +18,14 @@ from PIL import Image, ImageDraw
 from stages.serving import digits
 
 
-def drawn_seven(size: tuple[int, int], box: tuple[int, int, int, int], ink: int, paper: int,
-                noise: float = 0.0, mode: str = "L") -> bytes:  # fmt: skip
+def drawn_seven(
+    size: tuple[int, int],
+    box: tuple[int, int, int, int],
+    ink: int,
+    paper: int,
+    noise: float = 0.0,
+    mode: str = "L",
+) -> bytes:
     """A "7" drawn with strokes in `box` on a page of `size`, as a PNG."""
     page = Image.new("L", size, paper)
     draw = ImageDraw.Draw(page)
@@ -103,10 +109,17 @@ GOOD[:, 4:24, 12:16] = 255
 
 @pytest.mark.parametrize(
     "values",
-    [GOOD, GOOD[..., None], GOOD.reshape(2, 784), GOOD / 255.0, (GOOD / 255.0).astype(np.float32),
-     pd.DataFrame(GOOD.reshape(2, 784)), GOOD.tolist()],
+    [
+        GOOD,
+        GOOD[..., None],
+        GOOD.reshape(2, 784),
+        GOOD / 255.0,
+        (GOOD / 255.0).astype(np.float32),
+        pd.DataFrame(GOOD.reshape(2, 784)),
+        GOOD.tolist(),
+    ],
     ids=["uint8", "Nx28x28x1", "Nx784", "float64", "float32", "table", "lists"],
-)  # fmt: skip
+)
 def test_every_accepted_layout_gives_the_same_pixels(values):
     np.testing.assert_allclose(digits.to_model_input(values, whole_numbers=True), GOOD / 255.0, atol=1e-7)
 

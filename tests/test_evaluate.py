@@ -29,8 +29,12 @@ def test_metrics_match_their_definitions():
     assert results["test"]["accuracy"] == pytest.approx(5 / 6)
     expected_loss = -np.mean(np.log(probabilities[np.arange(6), labels]))
     assert results["test"]["loss"] == pytest.approx(expected_loss)
-    assert results["per_class"]["3"] == {"precision": 1.0, "recall": pytest.approx(2 / 3),
-                                         "f1": pytest.approx(0.8), "support": 3}  # fmt: skip
+    assert results["per_class"]["3"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert results["per_class"]["0"]["precision"] == 0.5
     assert results["per_class"]["9"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 

@@ -271,9 +271,21 @@ def test_the_served_champion_accepts_every_mlflow_request_format(two_runs):
     }
     expected = _own_predictions(repo, images, first_id).tolist()
     port = free_port()
-    command = ["env", f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}", "mlflow", "models", "serve",
-               "-m", f"models:/{MODEL}@champion", "--env-manager", "local", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
+    command = [
+        "env",
+        f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{MODEL}@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with serving(command, repo, port, "/ping") as url:
         for name, (content_type, body) in requests.items():
             status, answer = _post(url, body, content_type)
@@ -359,8 +371,11 @@ def test_the_logged_model_loads_and_predicts_without_this_project(two_runs, tmp_
         f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
         f"print(model.predict(np.load({str(tmp_path / 'x.npy')!r}))['class'].tolist())\n"
     )
-    result = run([sys.executable, "-c", script], tmp_path,
-                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})  # fmt: skip
+    result = run(
+        [sys.executable, "-c", script],
+        tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"},
+    )
     assert result.stdout.strip().splitlines()[-1] == str(_own_predictions(repo, images, first_id).tolist())
 
 
@@ -374,8 +389,15 @@ def _post(url: str, body: dict | str, content_type: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 @pytest.fixture
@@ -397,8 +419,18 @@ def test_mlflow_ui_compares_the_two_runs_and_the_html_report_renders(two_runs, b
     client = client_for(repo)
     experiment = client.get_run(first_id).info.experiment_id
     port = free_port()
-    command = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    command = [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{repo / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     shots = repo / "screenshots"
     shots.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1500, "height": 1100})

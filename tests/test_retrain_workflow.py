@@ -41,8 +41,10 @@ def _runner_python(root: Path) -> list[Path]:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     layered = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(layered, "_layered_on_tests.pth").write_text(
         f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
     )
@@ -78,12 +80,22 @@ class GitHub:
         run(["git", "add", "-A"], repo)
         run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", message], repo)
 
-    def retrain(self, label: str, *, run_id: int, attempt: int = 1, inputs=None, secrets=None,
-                before_step=None) -> JobResult:  # fmt: skip
+    def retrain(
+        self, label: str, *, run_id: int, attempt: int = 1, inputs=None, secrets=None, before_step=None
+    ) -> JobResult:
         repository = replace(self.repository, secrets=self.repository.secrets | (secrets or {}))
-        job = Job(WORKFLOW, "retrain", repository, self.root / f"runner-{label}",
-                  event="workflow_dispatch" if inputs else "schedule", inputs=inputs, run_id=run_id,
-                  run_attempt=attempt, python_bin=self.python, before_step=before_step)  # fmt: skip
+        job = Job(
+            WORKFLOW,
+            "retrain",
+            repository,
+            self.root / f"runner-{label}",
+            event="workflow_dispatch" if inputs else "schedule",
+            inputs=inputs,
+            run_id=run_id,
+            run_attempt=attempt,
+            python_bin=self.python,
+            before_step=before_step,
+        )
         result = job.run()
         (self.root / f"runner-{label}.log").write_text(f"{result.log}\n--- job summary\n{result.summary}")
         self.durations[label] = result.seconds
@@ -105,8 +117,9 @@ class GitHub:
 
     def _get(self, endpoint: str, **params: str) -> dict:
         """The tracking server's REST API, as its admin."""
-        answer = requests.get(f"{self.server.url}/api/2.0/mlflow/{endpoint}", auth=self.server.admin,
-                              params=params, timeout=30)  # fmt: skip
+        answer = requests.get(
+            f"{self.server.url}/api/2.0/mlflow/{endpoint}", auth=self.server.admin, params=params, timeout=30
+        )
         answer.raise_for_status()
         return answer.json()
 

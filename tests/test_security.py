@@ -44,9 +44,15 @@ SERVER_COMMAND = re.compile(r"\bmlflow[\"',\s]+(server|ui|models[\"',\s]+serve)\
 def server_commands() -> list[tuple[str, str]]:
     """Every `mlflow server|ui|models serve` the project starts or tells users to run: in shell (continued
     lines joined) up to the end of its line, in Python (an argument list) up to the closing bracket."""
-    files = [REPO / "README.md", REPO / "CONTRIBUTING.md", *REPO.glob("docs/*.md"),
-             *REPO.glob(".github/workflows/*.yml"), *REPO.glob("bench/*.py"), *REPO.glob("tests/*.py"),
-             *REPO.glob("stages/**/*.py")]  # fmt: skip
+    files = [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        *REPO.glob("docs/*.md"),
+        *REPO.glob(".github/workflows/*.yml"),
+        *REPO.glob("bench/*.py"),
+        *REPO.glob("tests/*.py"),
+        *REPO.glob("stages/**/*.py"),
+    ]
     found = []
     for path in files:
         if path.name == "test_security.py":
@@ -70,8 +76,9 @@ def test_every_server_the_project_starts_or_documents_listens_on_127_0_0_1_only(
 @pytest.mark.parametrize("command", [["server"], ["ui"], ["models", "serve"]])
 def test_mlflow_servers_default_to_127_0_0_1(command):
     """Where no --host is given, MLflow's own default applies: check that it is still local only."""
-    shown = subprocess.run(["mlflow", *command, "--help"], capture_output=True, text=True, env=user_env(),
-                           check=True).stdout  # fmt: skip
+    shown = subprocess.run(
+        ["mlflow", *command, "--help"], capture_output=True, text=True, env=user_env(), check=True
+    ).stdout
     assert re.search(r"default:\s+127\.0\.0\.1", shown), shown[:2000]
 
 

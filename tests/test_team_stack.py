@@ -23,8 +23,11 @@ def team(tmp_path_factory):
     root = tmp_path_factory.mktemp("team")
     with team_server(root / "services") as server:
         password = server.add_user("pipeline")
-        member = {"MLFLOW_TRACKING_URI": server.url, "MLFLOW_TRACKING_USERNAME": "pipeline",
-                  "MLFLOW_TRACKING_PASSWORD": password}  # fmt: skip
+        member = {
+            "MLFLOW_TRACKING_URI": server.url,
+            "MLFLOW_TRACKING_USERNAME": "pipeline",
+            "MLFLOW_TRACKING_PASSWORD": password,
+        }
         repo = copy_repository(root / "repo")
         set_params(repo, **SMALL)
         yield server, repo, member, password
@@ -70,9 +73,14 @@ def test_dvc_repro_records_the_whole_run_on_the_team_server(team, trained):
     assert any(key.endswith("/report/report.md") for key in keys)
     assert any(key.endswith("/evaluation/confusion.png") for key in keys)
 
-    secret_free = [*params.values(), *tags.values(), trained.stdout, trained.stderr,
-                   (repo / "data" / "report" / "report.md").read_text(),
-                   (repo / "data" / "report" / "report.html").read_text()]  # fmt: skip
+    secret_free = [
+        *params.values(),
+        *tags.values(),
+        trained.stdout,
+        trained.stderr,
+        (repo / "data" / "report" / "report.md").read_text(),
+        (repo / "data" / "report" / "report.html").read_text(),
+    ]
     assert not [text for text in secret_free if password in text]
 
 
@@ -91,13 +99,26 @@ def test_the_commands_and_mlflow_models_serve_work_against_it(team, trained, tmp
     assert len(answer.stdout.splitlines()) == 3 and answer.stderr == ""
 
     port = free_port()
-    command = ["env", *(f"{k}={v}" for k, v in member.items()), "mlflow", "models", "serve",
-               "-m", f"models:/{MODEL}@champion", "--env-manager", "local", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
+    command = [
+        "env",
+        *(f"{k}={v}" for k, v in member.items()),
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{MODEL}@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with serving(command, tmp_path, port, "/ping") as url:
         body = json.dumps({"inputs": images.tolist()}).encode()
-        request = urllib.request.Request(f"{url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             served = json.loads(response.read())["predictions"]
     assert [row["class"] for row in served] == [

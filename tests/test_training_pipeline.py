@@ -120,8 +120,9 @@ def test_the_run_has_a_logged_model_with_its_test_metrics_and_its_datasets(train
     client = client_for(trained)
     run_id = run_id_of(trained)
     experiment = client.get_run(run_id).info.experiment_id
-    models = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
-                                         filter_string=f"source_run_id = '{run_id}'")  # fmt: skip
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment], output_format="list", filter_string=f"source_run_id = '{run_id}'"
+    )
     assert [m.name for m in models] == ["model"]
     model = models[0]
     linked = {m.key: m for m in model.metrics}
@@ -134,12 +135,19 @@ def test_the_run_has_a_logged_model_with_its_test_metrics_and_its_datasets(train
     columns = ["class", "label", "confidence", "probabilities", "warning"]
     assert info.signature.outputs.input_names() == columns and info.signature.inputs is None
     assert info.saved_input_example_info["type"] == "ndarray"
-    inputs = {(i.dataset.name, i.tags[0].value): i.dataset.digest
-              for i in client.get_run(run_id).inputs.dataset_inputs}  # fmt: skip
-    md5 = {split: hashlib.md5((trained / "data" / "prepared" / f"{split}.npz").read_bytes()).hexdigest()
-           for split in ("train", "val", "test")}  # fmt: skip
-    assert inputs == {("mnist/train", "training"): md5["train"], ("mnist/val", "validation"): md5["val"],
-                      ("mnist/test", "testing"): md5["test"]}  # fmt: skip
+    inputs = {
+        (i.dataset.name, i.tags[0].value): i.dataset.digest
+        for i in client.get_run(run_id).inputs.dataset_inputs
+    }
+    md5 = {
+        split: hashlib.md5((trained / "data" / "prepared" / f"{split}.npz").read_bytes()).hexdigest()
+        for split in ("train", "val", "test")
+    }
+    assert inputs == {
+        ("mnist/train", "training"): md5["train"],
+        ("mnist/val", "validation"): md5["val"],
+        ("mnist/test", "testing"): md5["test"],
+    }
 
 
 def test_the_logged_summary_gives_every_layers_parameter_count(trained, tmp_path):
@@ -161,7 +169,11 @@ def test_the_model_carries_the_settings_it_was_trained_with(trained, tmp_path):
     meta = json.loads((trained / "data" / "prepared" / "meta.json").read_text())
     assert config["preset"] == "fast_cnn" and config["seed"] == 42
     assert (config["optimizer"], config["schedule"], config["epochs"], config["batch_size"]) == (
-        "adam", "cosine", 2, 64)  # fmt: skip
+        "adam",
+        "cosine",
+        2,
+        64,
+    )
     assert config["data_content_sha256"] == meta["content_sha256"] and config["splits"] == meta["splits"]
     logged = client_for(trained).download_artifacts(run_id_of(trained), "model_config.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == config
@@ -322,11 +334,19 @@ QUEUED = [("mlp", 2), ("mlp", 3), ("mlp_dropout", 1), ("cnn_fashion", 1)]
 def test_four_queued_experiments_run_two_at_a_time_and_all_log_to_sqlite(trained):
     """`dvc queue start -j 2`: trainings write to one sqlite store at the same time (WAL + busy wait)."""
     for model, epochs in QUEUED:
-        run(["dvc", "exp", "run", "--queue", "-S", f"train.model={model}", "-S", f"train.epochs={epochs}"],
-            trained)  # fmt: skip
+        run(
+            ["dvc", "exp", "run", "--queue", "-S", f"train.model={model}", "-S", f"train.epochs={epochs}"],
+            trained,
+        )
     # not captured: the workers it starts inherit its output, and one may outlive the queue (DVC/celery)
-    started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=trained, env=user_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+    started = subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=trained,
+        env=user_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
     assert started.returncode == 0
     deadline = time.monotonic() + 600
     while True:

@@ -59,8 +59,17 @@ def origin(tmp_path: Path) -> Path:
 
 
 def _job(tmp_path: Path, origin: Path, text: str, **kwargs) -> Job:
-    return Job(_write(tmp_path, text), "job", Repository(origin), tmp_path / "runner",
-               event="workflow_dispatch", run_id=7, run_attempt=2, python_bin=[], **kwargs)  # fmt: skip
+    return Job(
+        _write(tmp_path, text),
+        "job",
+        Repository(origin),
+        tmp_path / "runner",
+        event="workflow_dispatch",
+        run_id=7,
+        run_attempt=2,
+        python_bin=[],
+        **kwargs,
+    )
 
 
 def test_steps_share_env_path_outputs_and_summary_and_pipes_fail_only_under_pipefail(tmp_path, origin):
@@ -72,8 +81,10 @@ def test_steps_share_env_path_outputs_and_summary_and_pipes_fail_only_under_pipe
     assert result.step("a failing pipe").outcome == "success"
     assert result.conclusion == "success" and result.summary == "## first\n"
 
-    strict = WORKFLOW.replace("    runs-on: ubuntu-latest\n", "    runs-on: ubuntu-latest\n"
-                              "    defaults:\n      run:\n        shell: bash\n")  # fmt: skip
+    strict = WORKFLOW.replace(
+        "    runs-on: ubuntu-latest\n",
+        "    runs-on: ubuntu-latest\n    defaults:\n      run:\n        shell: bash\n",
+    )
     result = _job(tmp_path, origin, strict).run()
     assert result.step("a failing pipe").outcome == "failure" and result.conclusion == "failure"
     assert result.step("after a failure").outcome == "skipped"
@@ -107,12 +118,28 @@ def test_an_artifact_name_is_taken_once_per_run_unless_overwritten(tmp_path, ori
     )
     repository = Repository(origin)
     for attempt, conclusion in ((1, "success"), (2, "failure")):
-        job = Job(_write(tmp_path, upload), "job", repository, tmp_path / "runner", event="workflow_dispatch",
-                  run_id=7, run_attempt=attempt, python_bin=[])  # fmt: skip
+        job = Job(
+            _write(tmp_path, upload),
+            "job",
+            repository,
+            tmp_path / "runner",
+            event="workflow_dispatch",
+            run_id=7,
+            run_attempt=attempt,
+            python_bin=[],
+        )
         assert job.run().conclusion == conclusion
     overwrite = upload.replace("name: report\n", "name: report\n          overwrite: true\n")
-    job = Job(_write(tmp_path, overwrite), "job", repository, tmp_path / "runner", event="workflow_dispatch",
-              run_id=7, run_attempt=3, python_bin=[])  # fmt: skip
+    job = Job(
+        _write(tmp_path, overwrite),
+        "job",
+        repository,
+        tmp_path / "runner",
+        event="workflow_dispatch",
+        run_id=7,
+        run_attempt=3,
+        python_bin=[],
+    )
     assert job.run().conclusion == "success"
 
 

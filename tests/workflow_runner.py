@@ -229,9 +229,16 @@ class Job:
 
     def _github(self) -> dict[str, str]:
         """The `github` context; the runner also sets each as GITHUB_<KEY> (GITHUB_RUN_ID, ...)."""
-        return {"run_id": self.run_id, "run_attempt": self.run_attempt, "event_name": self.event,
-                "ref": "refs/heads/main", "ref_name": "main", "repository": self.repository.name,
-                "server_url": "https://github.com", "workspace": str(self.workspace)}  # fmt: skip
+        return {
+            "run_id": self.run_id,
+            "run_attempt": self.run_attempt,
+            "event_name": self.event,
+            "ref": "refs/heads/main",
+            "ref_name": "main",
+            "repository": self.repository.name,
+            "server_url": "https://github.com",
+            "workspace": str(self.workspace),
+        }
 
     def _contexts(self, env: Mapping[str, str]) -> dict[str, Any]:
         return {
@@ -318,8 +325,10 @@ class Job:
                 continue
             if self.before_step:
                 self.before_step(name, env)
-            files = {key: self.temp / f"{key.lower()}_{index}" for key in
-                     ("GITHUB_ENV", "GITHUB_PATH", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY")}  # fmt: skip
+            files = {
+                key: self.temp / f"{key.lower()}_{index}"
+                for key in ("GITHUB_ENV", "GITHUB_PATH", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY")
+            }
             for path in files.values():
                 path.touch()
             env |= {key: str(path) for key, path in files.items()}
@@ -335,12 +344,19 @@ class Job:
             self.summary.append(files["GITHUB_STEP_SUMMARY"].read_text())
             if "id" in step:
                 self.steps_context[step["id"]] = {
-                    "outputs": _env_file(files["GITHUB_OUTPUT"]), "outcome": outcome, "conclusion": outcome,
-                }  # fmt: skip
+                    "outputs": _env_file(files["GITHUB_OUTPUT"]),
+                    "outcome": outcome,
+                    "conclusion": outcome,
+                }
             if code != 0 and not step.get("continue-on-error"):
                 self.failed = True
-        return JobResult("failure" if self.failed else "success", results, "".join(self.summary),
-                         self.workspace, time.monotonic() - started)  # fmt: skip
+        return JobResult(
+            "failure" if self.failed else "success",
+            results,
+            "".join(self.summary),
+            self.workspace,
+            time.monotonic() - started,
+        )
 
     def _run_step(self, step: Mapping[str, Any], env: dict[str, str], index: int) -> tuple[int, str]:
         if "uses" in step:
@@ -360,8 +376,16 @@ class Job:
         else:
             raise NotImplementedError(f"shell {shell!r}")
         cwd = self.workspace / self.interpolate(step.get("working-directory", "."), env)
-        done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=self.step_timeout_s, check=False)  # fmt: skip
+        done = subprocess.run(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=self.step_timeout_s,
+            check=False,
+        )
         return done.returncode, done.stdout
 
 

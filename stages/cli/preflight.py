@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     experiment_id = store.connect()
-    print(f"tracking: {store.redact(store.tracking_uri())} answers (experiment {store.EXPERIMENT!r}, "
-          f"id {experiment_id})")  # fmt: skip
+    print(
+        f"tracking: {store.redact(store.tracking_uri())} answers (experiment {store.EXPERIMENT!r}, "
+        f"id {experiment_id})"
+    )
 
     import keras
 

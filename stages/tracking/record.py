@@ -14,9 +14,13 @@ PER_CLASS_TABLE = "evaluation/per_class.json"
 
 
 def evaluation(
-    run_id: str, test: dict[str, float], per_class: pd.DataFrame, files: list[Path], model_id: str | None,
+    run_id: str,
+    test: dict[str, float],
+    per_class: pd.DataFrame,
+    files: list[Path],
+    model_id: str | None,
     dataset: Any,
-) -> None:  # fmt: skip
+) -> None:
     """The test figures (linked to the logged model and the test dataset, so MLflow's Models view shows
     them), one figure per class and metric, the evaluation files, and the per-class table."""
     import mlflow
@@ -27,10 +31,13 @@ def evaluation(
     if any(logged.get(key) != value for key, value in headline.items()):  # not already recorded
         mlflow.log_metrics(headline, run_id=run_id, model_id=model_id, dataset=dataset)
         mlflow.log_metrics(
-            {f"test_{metric}_{i}": float(row[metric]) for i, (_, row) in enumerate(per_class.iterrows())
-             for metric in ("precision", "recall", "f1")},
+            {
+                f"test_{metric}_{i}": float(row[metric])
+                for i, (_, row) in enumerate(per_class.iterrows())
+                for metric in ("precision", "recall", "f1")
+            },
             run_id=run_id,
-        )  # fmt: skip
+        )
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
     table = per_class.reset_index()

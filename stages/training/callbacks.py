@@ -44,13 +44,20 @@ class EpochEnd(keras.callbacks.Callback):
             )
         self.train_state.save(self.model, state, self.rules)
         if state.stopped:
-            log.info("epoch %d: no better %s for %d epochs, stopping early", state.epoch, self.rules.monitor,
-                     self.rules.patience)  # fmt: skip
+            log.info(
+                "epoch %d: no better %s for %d epochs, stopping early",
+                state.epoch,
+                self.rules.monitor,
+                self.rules.patience,
+            )
             self.model.stop_training = True
         try:
             mlflow.log_metrics(row, step=state.epoch, run_id=self.run_id)
         except Exception as exc:
             if not store.is_transient(exc):
                 raise
-            log.warning("epoch %d was not sent to MLflow (%s); it is kept on disk and sent later",
-                        state.epoch, store.describe(exc))  # fmt: skip
+            log.warning(
+                "epoch %d was not sent to MLflow (%s); it is kept on disk and sent later",
+                state.epoch,
+                store.describe(exc),
+            )

@@ -48,8 +48,10 @@ def gpu_names() -> list[str]:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                for g in tf.config.list_physical_devices("GPU")]  # fmt: skip
+        return [
+            tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")
+        ]
     if backend == "jax":
         import jax
 
