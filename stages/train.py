@@ -43,11 +43,11 @@ def main() -> None:
     with timing.phase("load data"):
         job = prepare(params)
     with timing.phase("compute"):
-        model, state, checkpoints, resumed, stale = restore(job)
-    with timing.phase("mlflow"):
-        run_id = open_run(job, checkpoints, experiment_id, resumed, stale, state)
+        start = restore(job)
+    model, state, checkpoints = start.model, start.state, start.checkpoints
     try:
         with timing.phase("mlflow"):
+            run_id = open_run(job, start, experiment_id)
             describe_run(job, model, run_id, state)
         with timing.phase("fit") as fitting:
             state = fit(job, model, checkpoints, state, run_id)
@@ -125,9 +125,20 @@ def prepare(params: Params) -> Job:
     )
 
 
-def restore(job: Job) -> tuple[keras.Model, ResumeState, TrainState, str | None, str | None]:
-    """The compiled model, and where it starts: this training's newest checkpoint, or afresh (see
-    `run.resume_or_start`). Also the checkpoints, the run to resume and a set-aside run to mark killed."""
+@dataclass(frozen=True)
+class Start:
+    """Where a training starts: the compiled model and its ResumeState, the checkpoints, the MLflow run to
+    resume (None: a new one) and an earlier run whose checkpoints were set aside (to mark killed)."""
+
+    model: keras.Model
+    state: ResumeState
+    checkpoints: TrainState
+    resumed_run: str | None
+    stale_run: str | None
+
+
+def restore(job: Job) -> Start:
+    """The compiled model, from this training's newest checkpoint or afresh (`run.resume_or_start`)."""
     from stages.training import run
     from stages.training.fingerprint import fingerprint
     from stages.training.presets import compiled_model
@@ -145,7 +156,7 @@ def restore(job: Job) -> tuple[keras.Model, ResumeState, TrainState, str | None,
     checkpoints = TrainState(paths.TRAIN_STATE, parts, keep_best=bool(job.rules.patience))
     model, state, resumed, stale = run.resume_or_start(checkpoints, model, rebuild=build)
     _resume_schedule(model, state, job.rules)
-    return model, state, checkpoints, resumed, stale
+    return Start(model, state, checkpoints, resumed, stale)
 
 
 def kept(state: ResumeState) -> str:
@@ -158,21 +169,14 @@ def kept(state: ResumeState) -> str:
     )
 
 
-def open_run(
-    job: Job,
-    checkpoints: TrainState,
-    experiment_id: str,
-    resumed: str | None,
-    stale: str | None,
-    state: ResumeState,
-) -> str:
+def open_run(job: Job, start: Start, experiment_id: str) -> str:
     """The MLflow run of this training, resumed or new, recorded with the checkpoints."""
     from stages.training import run
 
     default_name = f"{job.preset.name}-{job.meta['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_name = os.environ.get("DVC_EXP_NAME") or default_name
-    run_id = run.open_run(experiment_id, run_name, resumed, stale, kept(state))
-    checkpoints.start(run_id)
+    run_id = run.open_run(experiment_id, run_name, start.resumed_run, start.stale_run, kept(start.state))
+    start.checkpoints.start(run_id)
     return run_id
 
 
