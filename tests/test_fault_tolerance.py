@@ -196,6 +196,18 @@ def test_params_written_out_as_the_presets_defaults_resume_the_same_training(rep
     assert "restored the weights after epoch 1" in rerun.stdout + rerun.stderr
 
 
+def answer_the_experiment_lookup(server: FixtureServer, repo: Path) -> None:
+    """Make `server` answer the one call `store.connect` makes, as a tracking server would."""
+    experiment = {
+        "experiment_id": "1",
+        "name": "mnist-pipeline",
+        "lifecycle_stage": "active",
+        "artifact_location": str(repo / "mlruns"),
+    }
+    route = "/api/2.0/mlflow/experiments/get-by-name"
+    server.routes[route] = json.dumps({"experiment": experiment}).encode()
+
+
 def test_params_edited_after_a_kill_are_named_and_the_run_resumes(repo):
     """MLflow refuses to change a logged param: the resumed run keeps the first values and says which
     differ, rather than waiting on the store and then blaming it."""
@@ -220,15 +232,7 @@ def test_a_store_that_cannot_say_whether_the_run_exists_keeps_the_checkpoints(re
     checkpoints = repo / "data" / "train_state" / "checkpoints"
     before = sorted(p.name for p in checkpoints.iterdir())
     with FixtureServer() as server:  # answers the experiment lookup, then is unavailable
-        experiment = {
-            "experiment_id": "1",
-            "name": "mnist-pipeline",
-            "lifecycle_stage": "active",
-            "artifact_location": str(repo / "mlruns"),
-        }
-        server.routes["/api/2.0/mlflow/experiments/get-by-name"] = json.dumps(
-            {"experiment": experiment}
-        ).encode()
+        answer_the_experiment_lookup(server, repo)
         server.routes["/api/2.0/mlflow/runs/get"] = 503
         result = run(
             [sys.executable, "-m", "stages.train"],
@@ -339,15 +343,7 @@ def test_train_fails_in_seconds_before_training_when_the_server_is_down(repo):
 def test_a_store_lost_before_any_epoch_says_no_epoch_had_finished(repo):
     """The message says only what is true: here no epoch had finished, so there are none to keep."""
     with FixtureServer() as server:  # answers the experiment lookup; creating a run fails (501)
-        experiment = {
-            "experiment_id": "1",
-            "name": "mnist-pipeline",
-            "lifecycle_stage": "active",
-            "artifact_location": str(repo / "mlruns"),
-        }
-        server.routes["/api/2.0/mlflow/experiments/get-by-name"] = json.dumps(
-            {"experiment": experiment}
-        ).encode()
+        answer_the_experiment_lookup(server, repo)
         env = {"MLFLOW_TRACKING_URI": server.url("/").rstrip("/"), "MNIST_TRACKING_PATIENCE_S": "0"}
         result = run([sys.executable, "-m", "stages.train"], repo, check=False, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]

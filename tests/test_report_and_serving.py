@@ -250,6 +250,26 @@ def test_digits_pasted_on_a_grey_page_are_read_like_the_originals(two_runs, tmp_
 CSV_COLUMNS = [f"pixel{i}" for i in range(784)]
 
 
+def serve_command(repo: Path, model_uri: str, port: int) -> list[str]:
+    """`mlflow models serve` of a model in the repository's store, on 127.0.0.1."""
+    store = f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}"
+    return [
+        "env",
+        store,
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def test_the_served_champion_accepts_every_mlflow_request_format(two_runs):
     repo, first_id, _ = two_runs
     images, _ = _test_images(repo, 5)
@@ -271,21 +291,7 @@ def test_the_served_champion_accepts_every_mlflow_request_format(two_runs):
     }
     expected = _own_predictions(repo, images, first_id).tolist()
     port = free_port()
-    command = [
-        "env",
-        f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{MODEL}@champion",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = serve_command(repo, f"models:/{MODEL}@champion", port)
     with serving(command, repo, port, "/ping") as url:
         for name, (content_type, body) in requests.items():
             status, answer = _post(url, body, content_type)
@@ -325,21 +331,7 @@ def test_a_table_is_n_rows_of_784_pixels_or_refused_by_server_and_cli(two_runs, 
     }
     [version] = client_for(repo).search_model_versions(f"name='{MODEL}' and run_id='{first_id}'")
     port = free_port()
-    command = [
-        "env",
-        f"MLFLOW_TRACKING_URI=sqlite:///{repo / 'mlflow.db'}",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{MODEL}/{version.version}",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = serve_command(repo, f"models:/{MODEL}/{version.version}", port)
     with serving(command, repo, port, "/ping") as url:
         for name, (content_type, body, fix) in refused.items():
             status, answer = _post(url, body, content_type)
