@@ -189,9 +189,13 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
 def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     """One readable line per bad key, naming its path (`data.retries`) and what is allowed there."""
     by_key: dict[str, list[str]] = {}
-    for err in exc.errors():
+    errors = exc.errors()
+    keys = [".".join(str(part) for part in err["loc"] if not _is_union_branch(part)) for err in errors]
+    for err, key in zip(errors, keys, strict=True):
         loc = [part for part in err["loc"] if not _is_union_branch(part)]
-        key = ".".join(str(part) for part in loc) or "(top level)"
+        key = key or "(top level)"
+        if err["type"] == "string_type" and any(other.startswith(f"{key}.") for other in keys):
+            continue  # a union's other branch (a mirror entry) says what is wrong inside it
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(root, loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
