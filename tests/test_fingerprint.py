@@ -104,3 +104,13 @@ def test_the_architecture_and_the_data_are_parts_of_their_own(checkout):
     other_data = META | {"files_md5": META["files_md5"] | {"train": "9"}}
     assert fingerprint.differences(parts(Params()), parts(Params(), meta=other_data)) == ["data"]
     assert fingerprint.differences(None, parts(Params())) == list(fingerprint.PARTS)
+
+
+def test_outside_a_pipeline_checkout_the_whole_package_is_the_code(tmp_path, monkeypatch):
+    """A benchmark runs `python -m stages.train` in a scratch folder with no dvc.yaml: every module of the
+    installed package then stands for the declared code."""
+    monkeypatch.chdir(tmp_path)
+    root, files = fingerprint.declared_code("train")
+    assert Path("stages/train.py") in files and Path("stages/data/sources.py") in files
+    assert (root / "stages" / "train.py").is_file()
+    assert fingerprint.declared_code_digest("train") == fingerprint.declared_code_digest("train")

@@ -98,6 +98,7 @@ def test_a_lost_answer_to_a_create_call_makes_no_second_run_or_version(tracking_
     lose = {"/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/model-versions/create"}
     proxy = LosingProxy(tracking_server, lose)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    mlflow.set_registry_uri(proxy.url)  # an earlier test in this process may have set another registry
     try:
         experiment = store.connect("lost-answers")
         run_id = run.open_run(experiment, "lossy", None, None, kept="")
@@ -105,6 +106,7 @@ def test_a_lost_answer_to_a_create_call_makes_no_second_run_or_version(tracking_
         version = store.retrying(lambda: registry.register(run_id, "lost-answers-model"), "registering")
     finally:
         mlflow.end_run()
+        mlflow.set_registry_uri(None)
         proxy.close()
     direct = f"http://127.0.0.1:{tracking_server}"
     server = mlflow.MlflowClient(tracking_uri=direct, registry_uri=direct)

@@ -55,26 +55,34 @@ def differences(recorded: Mapping[str, str] | None, current: Mapping[str, str]) 
     return [part for part in current if recorded.get(part) != current[part]]
 
 
-def declared_code(stage: str, dvc_file: Path = DVC_FILE) -> list[Path]:
-    """The Python files under the stage's `stages/` deps in dvc.yaml, sorted: the code DVC reruns it for."""
+def declared_code(stage: str, dvc_file: Path = DVC_FILE) -> tuple[Path, list[Path]]:
+    """The Python files under the stage's `stages/` deps in dvc.yaml (the code DVC reruns it for), sorted,
+    relative to the returned root. Outside a pipeline checkout (a benchmark's scratch folder, with no
+    dvc.yaml) there are no declared deps: then every module of the installed package counts."""
+    if not dvc_file.is_file():
+        package = Path(__file__).resolve().parents[1]
+        return package.parent, sorted(path.relative_to(package.parent) for path in package.rglob("*.py"))
     try:
         deps = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"][stage]["deps"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise StageError(
-            f"cannot read the deps of stage {stage!r} from {dvc_file} ({exc}); run from the repository root"
+            f"cannot read the deps of stage {stage!r} from {dvc_file} ({exc}); fix dvc.yaml"
         ) from exc
+    root = dvc_file.parent
     files: set[Path] = set()
     for dep in deps:
         path = Path(dep)
         if path.parts[:1] != (CODE_ROOT,):
             continue
-        files |= set(path.rglob("*.py")) if path.is_dir() else {path}
-    return sorted(files)
+        found = (root / path).rglob("*.py") if (root / path).is_dir() else [root / path]
+        files |= {file.relative_to(root) for file in found}
+    return root, sorted(files)
 
 
 def declared_code_digest(stage: str, dvc_file: Path = DVC_FILE) -> str:
     """One hash of the stage's declared code: each file's path and content."""
+    root, files = declared_code(stage, dvc_file)
     digest = hashlib.sha256()
-    for path in declared_code(stage, dvc_file):
-        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in files:
+        digest.update(path.as_posix().encode() + b"\0" + (root / path).read_bytes() + b"\0")
     return digest.hexdigest()
