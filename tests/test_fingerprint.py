@@ -114,3 +114,10 @@ def test_outside_a_pipeline_checkout_the_whole_package_is_the_code(tmp_path, mon
     assert Path("stages/train.py") in files and Path("stages/data/sources.py") in files
     assert (root / "stages" / "train.py").is_file()
     assert fingerprint.declared_code_digest("train") == fingerprint.declared_code_digest("train")
+
+
+def test_the_set_aside_line_names_the_parts_that_differ():
+    assert fingerprint.describe(["code"]) == "its code differs from this training's"
+    assert fingerprint.describe(["settings", "architecture", "code"]) == (
+        "its settings, architecture and code differ from this training's"
+    )

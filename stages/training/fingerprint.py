@@ -55,6 +55,12 @@ def differences(recorded: Mapping[str, str] | None, current: Mapping[str, str]) 
     return [part for part in current if recorded.get(part) != current[part]]
 
 
+def describe(parts: list[str]) -> str:
+    """The differing parts as the set-aside line says them: "its settings, architecture and code differ"."""
+    named = f"{', '.join(parts[:-1])} and {parts[-1]}" if len(parts) > 1 else parts[0]
+    return f"its {named} differ{'s' if len(parts) == 1 else ''} from this training's"
+
+
 def declared_code(stage: str, dvc_file: Path = DVC_FILE) -> tuple[Path, list[Path]]:
     """The Python files under the stage's `stages/` deps in dvc.yaml (the code DVC reruns it for), sorted,
     relative to the returned root. Outside a pipeline checkout (a benchmark's scratch folder, with no

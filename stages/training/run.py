@@ -24,6 +24,7 @@ from stages.core.io import file_digest
 from stages.tracking import lineage, registry, store
 from stages.tracking.lineage import library_versions
 from stages.tracking.queries import MODEL_TAG
+from stages.training import fingerprint
 from stages.training.state import ResumeState, TrainState
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,7 @@ def resume_or_start(
     if not checkpoints.exists():
         return model, ResumeState(), None, None
     if differing := checkpoints.differing_parts():
-        named = " and ".join([", ".join(differing[:-1]), differing[-1]] if len(differing) > 1 else differing)
-        stale = checkpoints.set_aside(
-            f"its {named} differ{'s' if len(differing) == 1 else ''} from this training's"
-        )
-        return model, ResumeState(), None, stale
+        return model, ResumeState(), None, checkpoints.set_aside(fingerprint.describe(differing))
     run_id = checkpoints.run_id
     exists = store.run_exists(run_id) if run_id is not None else False
     if exists is None:

@@ -28,6 +28,7 @@ import keras
 
 from stages.core.errors import StageError
 from stages.core.io import atomic_path, write_json
+from stages.training.fingerprint import differences
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,7 @@ class TrainState:
             recorded = json.loads(self._fingerprint_file.read_text())
         except (OSError, ValueError):
             recorded = None
-        if not isinstance(recorded, dict):
-            return list(self.fingerprint)
-        return [part for part, value in self.fingerprint.items() if recorded.get(part) != value]
+        return differences(recorded if isinstance(recorded, dict) else None, self.fingerprint)
 
     def set_aside(self, why: str) -> str | None:
         """Move the state to data/train_state.set-aside (replacing an older one there), saying `why` in one
