@@ -292,15 +292,11 @@ def retrying(
     )
     try:
         return attempts(action)
-    except (MlflowException, SQLAlchemyError, OSError) as exc:
+    except Exception as exc:
         if is_transient(exc):
             raise store_failure(what, exc, kept) from exc
-        if isinstance(exc, OSError):
-            raise
-        raise StageError(f"{what} failed: MLflow refused it: {describe(exc)}") from exc
-    except Exception as exc:
-        if is_transient(exc):  # requests' errors, raised through MLflow unwrapped
-            raise store_failure(what, exc, kept) from exc
+        if isinstance(exc, MlflowException | SQLAlchemyError):
+            raise StageError(f"{what} failed: MLflow refused it: {describe(exc)}") from exc
         raise
 
 
