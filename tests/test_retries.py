@@ -12,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import mlflow.pyfunc
 import pytest
 from conftest import free_port, mlflow_server, serving
 
@@ -77,6 +78,13 @@ class LosingProxy:
         self._httpd.shutdown()
 
 
+class ConstantModel(mlflow.pyfunc.PythonModel):
+    """A stand-in for the registry test: any logged model will do."""
+
+    def predict(self, context, model_input, params=None):
+        return [0] * len(model_input)
+
+
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
@@ -90,9 +98,6 @@ def test_a_lost_answer_to_a_create_call_makes_no_second_run_or_version(tracking_
     """MLflow's HTTP client retries any request, POSTs included, so a lost answer to `runs/create` used to
     leave an orphan run (and to `model-versions/create`, a second version). Now the run is found by the
     tag the client set and the version by its run, and the stage carries on."""
-    import mlflow
-    import mlflow.pyfunc
-
     from stages.training import run
 
     lose = {"/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/model-versions/create"}
@@ -102,7 +107,7 @@ def test_a_lost_answer_to_a_create_call_makes_no_second_run_or_version(tracking_
     try:
         experiment = store.connect("lost-answers")
         run_id = run.open_run(experiment, "lossy", None, None, kept="")
-        mlflow.pyfunc.log_model(name="model", python_model=Constant())
+        mlflow.pyfunc.log_model(name="model", python_model=ConstantModel())
         version = store.retrying(lambda: registry.register(run_id, "lost-answers-model"), "registering")
     finally:
         mlflow.end_run()
@@ -114,20 +119,6 @@ def test_a_lost_answer_to_a_create_call_makes_no_second_run_or_version(tracking_
     assert [r.info.run_id for r in server.search_runs([experiment])] == [run_id]
     versions = server.search_model_versions("name='lost-answers-model'")
     assert [v.version for v in versions] == [version] == ["1"]
-
-
-def _constant_model():
-    import mlflow.pyfunc
-
-    class ConstantModel(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return [0] * len(model_input)
-
-    return ConstantModel
-
-
-def Constant():  # noqa: N802 - reads as the class it builds
-    return _constant_model()()
 
 
 def test_a_schema_error_stops_at_once_with_the_databases_message(tmp_path, monkeypatch):
