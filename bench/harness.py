@@ -33,18 +33,23 @@ def spread(values: list[float], digits: int = 0, unit: str = "") -> str:
     return f"{statistics.median(values):.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def scratch_copy(dest: Path) -> Path:
-    """The working tree's tracked and new files in a fresh git repository at `dest`, as a clone would be."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+def scratch_copy(dest: Path, revision: str | None = None) -> Path:
+    """The working tree's tracked and new files in a fresh git repository at `dest`, as a clone would be;
+    with `revision`, that commit's files instead (the code to measure side by side with today's)."""
+    if revision:
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    else:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
+        for name in filter(None, listed.decode().split("\0")):
+            if (ROOT / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
         subprocess.run([*git, *command], cwd=dest, check=True)

@@ -1,4 +1,6 @@
-"""evaluate: the trained model on the test split (train only records that split as an MLflow dataset).
+"""evaluate: the trained model on the test split (train only records that split as an MLflow dataset), run
+as mnist-predict and the served model run it: its LiteRT form, which train checked against the Keras model
+on this split. So no TensorFlow here.
 
 Writes metrics/eval.json (the DVC metric), the per-class table, the confusion matrix and a grid of the
 most confident mistakes (stages/evaluation/). No MLflow here: report records them in the training run.
@@ -13,24 +15,36 @@ import pandas as pd
 
 from stages.core import paths, timing
 from stages.core.config import load_params
-from stages.core.io import atomic_path, load_json, load_model, write_json
+from stages.core.errors import StageError
+from stages.core.io import atomic_path, load_json, write_json
 from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.evaluation.figures import save_confusion, save_misclassified
 from stages.evaluation.metrics import evaluate
+from stages.serving.lite import LiteModel
 
 log = logging.getLogger(__name__)
+
+
+def load_lite_model() -> LiteModel:
+    path = paths.lite_file()
+    if not path.exists():
+        raise StageError(f"{path} is missing: rerun `dvc repro train` to rebuild it")
+    try:
+        return LiteModel(path)
+    except (OSError, ValueError, RuntimeError) as exc:  # the interpreter's errors for a damaged file
+        raise StageError(f"{path} is unreadable ({exc}): rerun `dvc repro train` to rebuild it") from exc
 
 
 def main() -> None:
     params = load_params()
     class_names: list[str] = load_json(paths.prepared_meta(), produced_by="preprocess")["class_names"]
-    model = load_model(paths.model_file())
+    model = load_lite_model()
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     labels = test["label"].astype(np.int64)
     timing.lap("load data")
 
-    probabilities = np.asarray(model.predict(test["x"], batch_size=1000, verbose=0), dtype=np.float64)
+    probabilities = model.probabilities(test["x"]).astype(np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
     results = evaluate(probabilities, labels, class_names)
     predicted = probabilities.argmax(axis=1)
@@ -48,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=True)
+    run_stage(main, tensorflow=True)  # LiteRT's runtime greets on stderr too

@@ -6,10 +6,11 @@ of the experiment and the current champion from MLflow.
 
 It also brings the training run in MLflow up to date with the outputs: the evaluation (evaluate's files
 and figures, linked to the logged model and test dataset), the report, and the registered version under
-`train.registered_model`. That is why it runs on every `dvc repro` (`always_changed`; it takes seconds):
-DVC skips an evaluate whose inputs did not change, even when train made a new MLflow run (a fresh clone
-retrains the same model to the same bytes). Its files are no DVC outputs for the same reason: they name
-the run, and dvc.lock must not change with it.
+`train.registered_model`. DVC runs it after every training, since metrics/train.json says what train was
+made from: even when the model came out byte for byte the same, and evaluate is skipped, the new MLflow run
+gets the evaluation of those bytes. The pages name the run, so they are no DVC output (dvc.lock must not
+change with a run id); `data/report/summary.json`, the same for the same inputs, is, so a fresh clone,
+which lacks it, completes its first run too. A repro with nothing new runs nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from stages.core import paths, timing
-from stages.core.config import load_params
+from stages.core.config import Params, load_params
 from stages.core.errors import StageError
-from stages.core.io import atomic_path, load_json
+from stages.core.io import atomic_path, load_json, write_json
 from stages.core.runner import run_stage
 from stages.reporting.render import render, save_training_curves, to_html
 from stages.tracking import lineage, queries, record, registry, store
@@ -43,6 +44,19 @@ def _embedded(path: Path) -> str:
 
 def _beside_report(path: Path) -> str:
     return os.path.relpath(path, paths.REPORT_MD.parent)
+
+
+def summary(params: Params, figures: dict) -> dict:
+    """The report's headline, from its inputs only (no run id, no MLflow): the same for the same inputs."""
+    return {
+        "preset": params.train.model,
+        "dataset": figures["meta"]["dataset"],
+        "registered_model": params.train.registered_model,
+        "test": figures["eval"]["test"],
+        "val": figures["train"]["val"],
+        "epochs": figures["train"]["epochs"],
+        "params": figures["train"]["params"],
+    }
 
 
 def main() -> None:
@@ -107,6 +121,7 @@ def main() -> None:
         page = render(params, run, figures, comparison, champion, lambda p: _embedded(in_staging.get(p, p)))
         (staging / paths.REPORT_MD.name).write_text(markdown, encoding="utf-8")
         (staging / paths.REPORT_HTML.name).write_text(to_html(page, title), encoding="utf-8")
+        write_json(staging / paths.REPORT_SUMMARY.name, summary(params, figures))
     timing.lap("save outputs")
 
     record.report(run_id, [paths.REPORT_MD, paths.TRAIN_CURVES_PNG, paths.REPORT_HTML])

@@ -241,6 +241,7 @@ def final_figures(job: Job, model: keras.Model, checkpoints: TrainState, state: 
         "val": {},
         "epochs": len(state.history),
         "params": run.parameter_counts(model),
+        "trained_from": trained_from(job, checkpoints),
     }
     if job.val is not None:
         batch_size = max(job.settings.batch_size, 512)
@@ -249,13 +250,24 @@ def final_figures(job: Job, model: keras.Model, checkpoints: TrainState, state: 
     return final
 
 
+def trained_from(job: Job, checkpoints: TrainState) -> dict[str, str]:
+    """What this training was made from, as hashes: its fingerprint's four parts, and train's params as
+    written (`learning_rate: null` and `0.003` train alike, but DVC reruns train for either). They change
+    exactly when DVC reruns train, and only then, so report, which depends on metrics/train.json, records
+    every new MLflow run train makes, even when the model bytes (and so evaluate) did not change."""
+    from stages.training.fingerprint import digest
+
+    written = job.params.train.model_dump(exclude={"registered_model"}) | {"seed": job.params.seed}
+    return dict(checkpoints.fingerprint) | {"params": digest(written)}
+
+
 def write_outputs(
     job: Job, model: keras.Model, state: ResumeState, final: dict, run_id: str, fit_s: float
 ) -> dict[str, float]:
     """The local outputs, each atomically, before MLflow hears of them: they need no tracking store.
     Returns the wall times, which go to metrics/timing.json (not a DVC output: the clock must not change
     dvc.lock)."""
-    from stages.training.saving import save_model
+    from stages.training.saving import save_lite, save_model
     from stages.training.state import write_history
 
     timings = {
@@ -264,6 +276,8 @@ def write_outputs(
     }
     with atomic_path(paths.MODEL_DIR, directory=True) as staging:
         save_model(model, paths.model_file(staging))
+        # checked against the Keras model on the whole test set
+        save_lite(model, paths.model_file(staging), paths.lite_file(staging), job.test["x"])
         write_json(paths.model_config(staging), job.config)
     write_json(paths.RUN_RECORD, {"run_id": run_id, "model_sha256": file_digest(paths.model_file())})
     with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:

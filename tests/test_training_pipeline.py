@@ -216,7 +216,7 @@ def test_a_model_pulled_without_its_run_record_finds_its_run_by_hash(trained, tm
     saved = record.read_text()
     record.unlink()
     try:
-        result = run(["dvc", "repro"], trained)
+        result = run(["dvc", "repro", "--force", "--single-item", "report"], trained)  # as the workflow does
         assert ran_stages(result.stdout) == ["report"]
         artifacts = {a.path for a in client_for(trained).list_artifacts(run_id, "report")}
         assert (
@@ -225,11 +225,44 @@ def test_a_model_pulled_without_its_run_record_finds_its_run_by_hash(trained, tm
         )
 
         elsewhere = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}
-        refused = run(["dvc", "repro"], trained, check=False, env=elsewhere)
+        refused = run(
+            ["dvc", "repro", "--force", "--single-item", "report"], trained, check=False, env=elsewhere
+        )
         assert refused.returncode != 0 and "Traceback" not in refused.stderr
         assert "no MLflow run in" in refused.stderr and "dvc repro --force train" in refused.stderr
     finally:
         record.write_text(saved)
+
+
+def test_a_new_training_of_the_same_bytes_gets_a_complete_run_and_a_second_repro_runs_nothing(trained):
+    """Edited training code that trains the same model: train makes a new MLflow run, evaluate is skipped
+    (its inputs are the same bytes), and report, which metrics/train.json tells what train was made from,
+    records the known evaluation into the new run. Then nothing is left to run."""
+    client = client_for(trained)
+    before = run_id_of(trained)
+    train_py = trained / "stages" / "train.py"
+    code = train_py.read_text()
+    train_py.write_text(code + "\n# an edit that changes nothing the model is made of\n")
+    try:
+        result = run(["dvc", "repro"], trained)
+        assert ran_stages(result.stdout) == ["train", "report"]
+        new = run_id_of(trained)
+        assert new != before
+        evaluation = json.loads((trained / "metrics" / "eval.json").read_text())["test"]
+        recorded = client.get_run(new)
+        assert recorded.info.status == "FINISHED"
+        assert recorded.data.metrics["test_accuracy"] == evaluation["accuracy"]
+        assert {a.path for a in client.list_artifacts(new)} >= {"evaluation", "report"}
+        assert client.search_model_versions(f"run_id='{new}'")
+        assert new in (trained / "data" / "report" / "report.md").read_text()
+
+        again = run(["dvc", "repro"], trained)
+        assert ran_stages(again.stdout) == [] and "Data and pipelines are up to date" in again.stdout
+        assert up_to_date(trained)
+    finally:
+        train_py.write_text(code)
+    restored = run(["dvc", "repro"], trained)  # the run cache has the code as it was: nothing trains
+    assert "train" not in ran_stages(restored.stdout) and up_to_date(trained)
 
 
 def test_same_commit_and_params_give_identical_metrics(trained):

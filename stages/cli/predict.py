@@ -1,6 +1,6 @@
 """mnist-predict: classify images with the trained model and print each class with its confidence.
 
-    mnist-predict digit.png photo.jpg                        # the repository's data/model/model.keras
+    mnist-predict digit.png photo.jpg                        # the repository's data/model/model.tflite
     mnist-predict --model models:/mnist-classifier@champion digit.png
     mnist-predict batch.npz                                  # an array `x` of N x 28 x 28 (x 1) images
     mnist-predict --json scan.png                            # one JSON object per image, all probabilities
@@ -51,11 +51,18 @@ def read_input(path: Path, key: str, invert: str) -> tuple[list[str], np.ndarray
 
 
 class Classifier:
-    """A `.keras` file or an MLflow model URI (`models:/name@alias`, `runs:/id/model`), answering as the
-    served model does."""
+    """A `.tflite` file (LiteRT: no TensorFlow loaded), a `.keras` file or an MLflow model URI
+    (`models:/name@alias`, `runs:/id/model`), answering as the served model does."""
 
     def __init__(self, source: str) -> None:
-        if source.endswith(".keras"):
+        if source.endswith(".tflite"):
+            from stages.serving.lite import LiteModel
+
+            if not Path(source).is_file():
+                raise StageError(f"{source}: no such model file")
+            self._lite = LiteModel(source)
+            self.class_names = _class_names_beside(Path(source))
+        elif source.endswith(".keras"):
             from stages.core.io import load_model
 
             self._keras = load_model(source)
@@ -79,6 +86,8 @@ class Classifier:
 
         if hasattr(self, "_pyfunc"):
             return self._pyfunc.predict(images)
+        if hasattr(self, "_lite"):
+            return digits.answers(self._lite.probabilities(images), self.class_names, images)
         return digits.answers(self._keras.predict(images[..., None], verbose=0), self.class_names, images)
 
 
@@ -102,7 +111,7 @@ def default_model() -> str:
     root = store.repository_root()
     if not (root / "params.yaml").exists():
         raise StageError("no model given and no pipeline here: pass --model (a .keras file or models:/...)")
-    if (local := root / "data" / "model" / "model.keras").exists():
+    if (local := root / "data" / "model" / "model.tflite").exists():
         return str(local)
     params = load_params(root / "params.yaml")
     return f"models:/{params.train.registered_model}@{params.promote.alias}"
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, ...) or .npz batches")
     parser.add_argument(
         "--model",
-        help="a .keras file or an MLflow model URI (default: the repository's data/model, else its champion)",
+        help="a .tflite or .keras file, or an MLflow model URI (default: the repository's "
+        "data/model/model.tflite, else its registry's champion)",
     )
     parser.add_argument("--key", default="x", help="the array to read from .npz inputs (default x)")
     parser.add_argument(

@@ -45,6 +45,11 @@ def model_file(root: Path = MODEL_DIR) -> Path:
     return root / "model.keras"
 
 
+def lite_file(root: Path = MODEL_DIR) -> Path:
+    """The same model for LiteRT: what mnist-predict, the served model and evaluate run."""
+    return root / "model.tflite"
+
+
 def model_config(root: Path = MODEL_DIR) -> Path:
     """JSON with the effective settings the model was trained with (preset, optimizer, seed, data...)."""
     return root / "config.json"
@@ -60,3 +65,6 @@ REPORT_DIR = DATA / "report"
 REPORT_HTML = REPORT_DIR / "report.html"  # self-contained: images embedded
 REPORT_MD = REPORT_DIR / "report.md"  # fit to post as a CI comment; links the PNGs
 TRAIN_CURVES_PNG = REPORT_DIR / "train_curves.png"
+# The report's headline figures, the same for the same inputs: its DVC output (the pages above name the
+# MLflow run, so they are none), which a fresh clone lacks, so its first `dvc repro` completes its run.
+REPORT_SUMMARY = REPORT_DIR / "summary.json"

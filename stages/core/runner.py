@@ -22,9 +22,9 @@ def run_stage(main: Callable[[], None], *, tensorflow: bool = False, command: bo
     """Run a stage's (or command's) `main()` as a program: log to stderr, and exit 1 or 2 with one line
     naming the cause and the fix for an expected failure, 130 when interrupted.
 
-    `tensorflow`: the stage loads TensorFlow (after this call: its modules import it inside main), whose
-    C++ start-up lines are dropped. `command`: a console script, which logs only warnings and records no
-    timings, so that its output is its answer."""
+    `tensorflow`: the stage loads TensorFlow or LiteRT (after this call: its modules import them inside
+    main), whose C++ start-up lines are dropped. `command`: a console script, which logs only warnings
+    and records no timings, so that its output is its answer."""
     level = logging.WARNING if command else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what we report

@@ -15,11 +15,15 @@ import re
 import signal
 import sys
 
-# TensorFlow's C++ lines on a machine without a GPU, and tf.data's about an attribute of its own ops:
-# they look like failures and are not. Other C++ lines (out of memory, a broken CUDA install) stay.
+# TensorFlow's C++ lines on a machine without a GPU, tf.data's about an attribute of its own ops, the
+# LiteRT converter's progress (reading the SavedModel it converts) and the LiteRT runtime's greeting: they
+# look like failures and are not. Other C++ lines (out of memory, a broken CUDA install) stay.
 NOISE = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cpu_feature_guard|cuda_platform)\.cc:\d+\]"
+    rb"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|reader|loader|mlir_graph_optimization_pass"
+    rb"|dump_mlir_util)\.cc:\d+\]"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     rb"|To enable the following instructions:"
     rb"|.*NodeDef mentions attribute use_unbounded_threadpool"
 )

@@ -1,7 +1,8 @@
-"""The MLflow model that serves the trained Keras model: every input layout and request format the input
-rule allows (tensors, `dataframe_split`, `dataframe_records`, CSV), answered as `digits.answers` does.
+"""The MLflow model that serves the trained model: every input layout and request format the input rule
+allows (tensors, `dataframe_split`, `dataframe_records`, CSV), answered as `digits.answers` does, by the
+LiteRT form of the model (stages/serving/lite.py): serving imports neither TensorFlow nor Keras.
 
-Pickled by value with stages/serving/digits.py into each logged model (see there).
+Pickled by value with stages/serving/digits.py and lite.py into each logged model (see digits.py).
 """
 
 from __future__ import annotations
@@ -10,17 +11,15 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
-import keras
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from stages.serving.digits import InputError, answers, to_model_input
+from stages.serving.lite import LiteModel
 
 TYPE_HINT_WARNING = "Add type hints to the `predict` method"
-DIRECT_CALL_LIMIT = 256  # images per direct call of the model; larger requests go through predict()
 
 
 @contextlib.contextmanager
@@ -63,10 +62,11 @@ class RequestError(MlflowException):
 with no_type_hint_warning():
 
     class DigitClassifier(mlflow.pyfunc.PythonModel):
-        """The trained Keras model (the `keras_model` artifact) and its class names (model config)."""
+        """The trained model in LiteRT form (the `litert_model` artifact; the `keras_model` artifact is the
+        same model for Keras) and its class names (model config)."""
 
         def load_context(self, context) -> None:  # no hints: MLflow would read them as a schema
-            self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
+            self.model = LiteModel(context.artifacts["litert_model"])
             self.class_names = list(context.model_config["class_names"])
 
         def predict(self, context, model_input, params=None) -> pd.DataFrame:
@@ -74,11 +74,4 @@ with no_type_hint_warning():
                 images = to_model_input(model_input, whole_numbers=True)
             except InputError as exc:
                 raise RequestError(str(exc)) from None
-            return answers(self._probabilities(images[..., None]), self.class_names, images)
-
-        def _probabilities(self, images: np.ndarray) -> np.ndarray:
-            """A direct call for a request's worth of images: predict() builds a data pipeline on every
-            call, which costs more than the model itself for a few images (docs/serving.md)."""
-            if len(images) <= DIRECT_CALL_LIMIT:
-                return np.asarray(keras.ops.convert_to_numpy(self.model(images, training=False)))
-            return self.model.predict(images, batch_size=DIRECT_CALL_LIMIT, verbose=0)
+            return answers(self.model.probabilities(images), self.class_names, images)

@@ -1,7 +1,7 @@
 """What the report stage records in a training run once the pipeline has finished: the evaluation,
-linked to the run's logged model and its test dataset, and the report. Safe to repeat: the report stage
-runs on every `dvc repro`, since DVC skips an evaluate whose inputs did not change even when train made
-a new MLflow run (a fresh clone trains the same model again)."""
+linked to the run's logged model and its test dataset, and the report. Safe to repeat: a run may be
+completed again (report rerun by hand, or after a failure), and a new run often gets the evaluation of
+model bytes that an earlier run already had (DVC skips an evaluate whose inputs did not change)."""
 
 from __future__ import annotations
 

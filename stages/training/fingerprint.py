@@ -27,7 +27,8 @@ DVC_FILE = Path("dvc.yaml")
 NOT_SETTINGS = ("dataset", "data_content_sha256", "splits")
 
 
-def _digest(value: Any) -> str:
+def digest(value: Any) -> str:
+    """SHA-256 of a JSON-able value, the same for equal values (keys sorted)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -41,9 +42,9 @@ def fingerprint(
     (the model's Keras config), this prepared data (preprocess's meta.json) and this checkout's code."""
     settings = {key: value for key, value in model_config.items() if key not in NOT_SETTINGS}
     return {
-        "settings": _digest(settings),
-        "architecture": _digest(architecture),
-        "data": _digest([meta["content_sha256"], meta["files_md5"]]),
+        "settings": digest(settings),
+        "architecture": digest(architecture),
+        "data": digest([meta["content_sha256"], meta["files_md5"]]),
         "code": declared_code_digest(stage),
     }
 
@@ -88,7 +89,7 @@ def declared_code(stage: str, dvc_file: Path = DVC_FILE) -> tuple[Path, list[Pat
 def declared_code_digest(stage: str, dvc_file: Path = DVC_FILE) -> str:
     """One hash of the stage's declared code: each file's path and content."""
     root, files = declared_code(stage, dvc_file)
-    digest = hashlib.sha256()
+    hashed = hashlib.sha256()
     for path in files:
-        digest.update(path.as_posix().encode() + b"\0" + (root / path).read_bytes() + b"\0")
-    return digest.hexdigest()
+        hashed.update(path.as_posix().encode() + b"\0" + (root / path).read_bytes() + b"\0")
+    return hashed.hexdigest()

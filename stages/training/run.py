@@ -22,7 +22,6 @@ import numpy as np
 from stages.core.errors import StageError
 from stages.core.io import file_digest
 from stages.tracking import lineage, registry, store
-from stages.tracking.lineage import library_versions
 from stages.tracking.queries import MODEL_TAG
 from stages.training import fingerprint
 from stages.training.state import ResumeState, TrainState
@@ -222,10 +221,15 @@ OUTPUT_SCHEMA = [
 ]
 
 
+# What the served model imports (stages/serving/): no TensorFlow, no Keras.
+SERVING_REQUIREMENTS = ("ai-edge-litert", "mlflow", "numpy", "pandas", "pillow")
+
+
 def log_model(model_file: Path, example: np.ndarray, class_names: list[str]) -> str:
-    """Log the active run's MLflow 3 logged model `model`: the Keras file behind `DigitClassifier`, which
+    """Log the active run's MLflow 3 logged model `model`: the LiteRT file behind `DigitClassifier`, which
     takes every input layout and request format the input rule allows; its output signature; an input
-    example. Returns the model's URI.
+    example; and the Keras file, the same model for anyone who wants to train on or inspect it. Returns the
+    model's URI.
 
     The class is pickled by value with the input rule (stages/serving/, which imports nothing else of this
     project), so the model is served without this project installed. The signature declares no input
@@ -237,29 +241,29 @@ def log_model(model_file: Path, example: np.ndarray, class_names: list[str]) -> 
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import Array
 
-    from stages.serving import digits, pyfunc
+    from stages.serving import digits, lite, pyfunc
 
     columns = [
         ColSpec(Array(DataType.double) if kind == "array" else kind, name, required=required)
         for name, kind, required in OUTPUT_SCHEMA
     ]
-    requirements = [f"{name}=={version}" for name, version in library_versions().items()]
-    requirements += [f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", "pandas", "pillow")]
-    for module in (digits, pyfunc):
+    lite_file = model_file.with_suffix(".tflite")  # train saves the two side by side
+    requirements = [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_REQUIREMENTS]
+    for module in (digits, lite, pyfunc):
         cloudpickle.register_pickle_by_value(module)
     try:
         with pyfunc.no_type_hint_warning():
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=pyfunc.DigitClassifier(),
-                artifacts={"keras_model": str(model_file)},
+                artifacts={"litert_model": str(lite_file), "keras_model": str(model_file)},
                 model_config={"class_names": class_names},
                 signature=ModelSignature(outputs=Schema(columns)),
                 input_example=example,
                 pip_requirements=requirements,
             )
     finally:
-        for module in (digits, pyfunc):
+        for module in (digits, lite, pyfunc):
             cloudpickle.unregister_pickle_by_value(module)
     return info.model_uri
 

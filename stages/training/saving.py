@@ -4,9 +4,14 @@ is none, and a fresh clone's `dvc repro` reproduces the committed dvc.lock."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from stages.core.errors import StageError
 
 
 def save_model(model: Any, dest: Path | str) -> None:
@@ -28,6 +33,46 @@ def save_model(model: Any, dest: Path | str) -> None:
             elif info.filename == "config.json":
                 data = json.dumps(_renumbered(json.loads(data), {})).encode()
             fixed.writestr(zipfile.ZipInfo(info.filename, FIXED_ZIP_TIME), data, info.compress_type)
+
+
+def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
+    """Write the model in LiteRT form (TensorFlow's own converter: the same weights give the same bytes),
+    and refuse it unless it answers `images` as the Keras model does (stages/serving/lite.py).
+
+    Keras converts to LiteRT from TensorFlow only, so a model trained on another backend is converted
+    from its saved `keras_file`, loaded under TensorFlow in a process of its own."""
+    import keras
+    import numpy as np
+
+    from stages.serving.lite import LiteModel, differences
+
+    if keras.backend.backend() == "tensorflow":
+        model.export(str(dest), format="litert", verbose=False)
+    else:
+        _export_under_tensorflow(keras_file, dest)
+    expected = np.asarray(model.predict(images, batch_size=1000, verbose=0))
+    problem = differences(expected, LiteModel(dest).probabilities(images))
+    if problem:
+        raise StageError(f"the LiteRT conversion of the model is not faithful: {problem}; nothing was saved")
+
+
+EXPORT_UNDER_TENSORFLOW = """
+import sys, keras
+keras.saving.load_model(sys.argv[1], safe_mode=True).export(sys.argv[2], format="litert", verbose=False)
+"""
+
+
+def _export_under_tensorflow(keras_file: Path, dest: Path) -> None:
+    command = [sys.executable, "-c", EXPORT_UNDER_TENSORFLOW, str(keras_file), str(dest)]
+    done = subprocess.run(
+        command, env=os.environ | {"KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise StageError(
+            f"converting the model to LiteRT failed ({last}): Keras converts from TensorFlow, so install "
+            "tensorflow beside the backend you train on"
+        )
 
 
 def architecture(model: Any) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""The trained model as LiteRT runs it: what mnist-predict, the served model and evaluate answer with, so
+none of them imports TensorFlow or Keras (the LiteRT runtime imports in a tenth of a second; TensorFlow
+takes seconds).
+
+train writes `model.tflite` beside `model.keras` (the source of truth) and refuses to finish unless the
+two give the same answers on the whole test set: every class, every probability within `TOLERANCE`.
+docs/serving.md says why LiteRT rather than ONNX.
+
+Like stages/serving/digits.py, this module imports nothing of this project: it is pickled by value into
+each logged model.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+TOLERANCE = 1e-5  # the largest difference from the Keras model's probabilities that train accepts
+BATCH = 1000  # images per call into the interpreter for large inputs: larger batches gain nothing
+
+
+class LiteModel:
+    """A `.tflite` classifier of N x 28 x 28 (x 1) float images into N x classes probabilities.
+
+    One interpreter, resized to each call's batch; calls from several threads (a scoring server's) take
+    turns, since an interpreter holds its tensors between calls."""
+
+    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._shape: tuple[int, ...] | None = None
+        self._lock = threading.Lock()
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 3:
+            images = images[..., None]
+        if not len(images):
+            return np.zeros((0, self._interpreter.get_output_details()[0]["shape"][-1]), np.float32)
+        return np.concatenate([self._run(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if batch.shape != self._shape:
+                self._interpreter.resize_tensor_input(self._input, batch.shape)
+                self._interpreter.allocate_tensors()
+                self._shape = batch.shape
+            self._interpreter.set_tensor(self._input, np.ascontiguousarray(batch))
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output).copy()
+
+
+def differences(expected: np.ndarray, lite: np.ndarray) -> str | None:
+    """Why the LiteRT answers are not the Keras model's, or None when every class is the same and every
+    probability within TOLERANCE."""
+    if expected.shape != lite.shape:
+        return f"the LiteRT model answers in shape {lite.shape}, the Keras model in {expected.shape}"
+    classes = int((expected.argmax(axis=1) != lite.argmax(axis=1)).sum())
+    largest = float(np.abs(expected - lite).max()) if expected.size else 0.0
+    if classes or largest > TOLERANCE:
+        return (
+            f"{classes} of {len(expected)} classes differ and the largest probability difference is "
+            f"{largest:.2e} (at most {TOLERANCE:g} is accepted)"
+        )
+    return None

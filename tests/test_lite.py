@@ -1,0 +1,78 @@
+"""The LiteRT form of a model, which mnist-predict, the served model and evaluate run: the same answers as
+the Keras model for every preset, the same bytes for the same weights, and a conversion that is not
+faithful refused. train checks the same on the whole test set on every training
+(stages/training/saving.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from stages.core.errors import StageError
+from stages.serving.lite import TOLERANCE, LiteModel, differences
+from stages.training.presets import PRESETS
+from stages.training.saving import save_lite
+
+
+def images(n: int = 300) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 28, 28, 1), dtype=np.float32)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_answers_the_same_in_litert(preset, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = PRESETS[preset].build(PRESETS[preset].dataset)
+    path = tmp_path / "model.tflite"
+    save_lite(model, tmp_path / "model.keras", path, images())  # raises if not faithful
+
+    expected = model.predict(images(), verbose=0)
+    lite = LiteModel(path).probabilities(images()[..., 0])  # N x 28 x 28 is read as N x 28 x 28 x 1
+    assert (lite.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert np.abs(lite - expected).max() <= TOLERANCE
+    assert LiteModel(path).probabilities(images(1)).shape == (1, 10)  # a batch of one after a large one
+    assert LiteModel(path).probabilities(images(0)).shape == (0, 10)
+
+
+def test_the_same_weights_give_the_same_bytes_in_another_process(tmp_path):
+    script = (
+        "import sys, keras, numpy as np\n"
+        "from stages.training.presets import PRESETS\n"
+        "from stages.training.saving import save_lite\n"
+        "keras.utils.set_random_seed(3)\n"
+        "model = PRESETS['fast_cnn'].build('mnist')\n"
+        "save_lite(model, None, sys.argv[1], np.zeros((4, 28, 28, 1), 'float32'))\n"
+    )
+    for name in ("one.tflite", "two.tflite"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, capture_output=True)
+    assert (tmp_path / "one.tflite").read_bytes() == (tmp_path / "two.tflite").read_bytes()
+
+
+def test_answers_that_differ_are_named():
+    expected = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert differences(expected, expected + TOLERANCE / 2) is None
+    nudge = np.array([[2 * TOLERANCE, -2 * TOLERANCE], [0, 0]])
+    close = differences(expected, expected + nudge)
+    assert close is not None and "0 of 2 classes differ" in close and "2.00e-05" in close
+    swapped = differences(expected, expected[::-1])
+    assert swapped is not None and "2 of 2 classes differ" in swapped
+    assert "shape (1, 2)" in differences(expected, expected[:1])
+
+
+def test_a_model_that_litert_answers_differently_is_refused(tmp_path):
+    """A layer whose training and inference answers differ, called in training mode by Keras here, stands
+    for a converter that changed the model: train must not save it."""
+    inputs = keras.Input((28, 28, 1))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+
+    class Drifting(keras.Model):
+        def predict(self, x, **kwargs):
+            return model.predict(x, **kwargs)[:, ::-1]
+
+    drifting = Drifting(inputs, outputs)
+    with pytest.raises(StageError, match=r"not faithful: .* classes differ"):
+        save_lite(drifting, tmp_path / "model.keras", tmp_path / "model.tflite", images(50))
