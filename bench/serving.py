@@ -4,6 +4,7 @@ a client sends them.
 
     python bench/serving.py                                    # the champion of the repository's registry
     python bench/serving.py --model models:/mnist-classifier/3 --requests 50 --batches 20
+    python bench/serving.py --model runs:/OLD/model runs:/NEW/model --rounds 2   # side by side
 
 Writes bench/serving.json (or --output) and prints a Markdown table. The server runs on 127.0.0.1 with
 `--env-manager local` and one worker; the figures include HTTP and JSON, as a client sees them.
@@ -49,14 +50,8 @@ def test_images(count: int) -> list:
         return (data["x"][:count, ..., 0] * 255).round().astype(np.uint8).tolist()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models:/mnist-classifier@champion")
-    parser.add_argument("--requests", type=int, default=200, help="single-image requests (after 10 warm-up)")
-    parser.add_argument("--batches", type=int, default=50, help="requests of 32 images")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "serving.json")
-    args = parser.parse_args()
-
+def serve_and_measure(model: str, requests: int, batches: int) -> dict:
+    """Start `mlflow models serve` for `model`, time its answers, stop it."""
     port = free_port()
     env = os.environ | {
         "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
@@ -66,7 +61,7 @@ def main() -> None:
         "models",
         "serve",
         "-m",
-        args.model,
+        model,
         "--env-manager",
         "local",
         "--host",
@@ -89,21 +84,19 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         url = f"http://127.0.0.1:{port}/invocations"
-        images = test_images(32 + args.requests)
-        single = [json.dumps({"inputs": [image]}).encode() for image in images[: args.requests]]
+        images = test_images(32 + requests)
+        single = [json.dumps({"inputs": [image]}).encode() for image in images[:requests]]
         batch = json.dumps({"inputs": images[:32]}).encode()
         for body in single[:10]:  # warm-up: the first calls trace the model
             post(url, body)
         latencies = sorted(post(url, body) for body in single)
-        batch_s = [post(url, batch) for _ in range(args.batches)]
+        batch_s = [post(url, batch) for _ in range(batches)]
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-
-    result = {
-        "model": args.model,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    return {
+        "model": model,
         "single_image_ms": {
             "p50": round(1000 * statistics.median(latencies), 2),
             "p90": round(1000 * latencies[int(0.9 * (len(latencies) - 1))], 2),
@@ -115,11 +108,31 @@ def main() -> None:
             "requests": len(batch_s),
         },
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", nargs="+", default=["models:/mnist-classifier@champion"])
+    parser.add_argument("--requests", type=int, default=200, help="single-image requests (after 10 warm-up)")
+    parser.add_argument("--batches", type=int, default=50, help="requests of 32 images")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per model, alternating their order")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "serving.json")
+    args = parser.parse_args()
+
+    runs = []
+    for round_ in range(args.rounds):
+        for model in args.model if round_ % 2 == 0 else list(reversed(args.model)):
+            runs.append(serve_and_measure(model, args.requests, args.batches) | {"round": round_ + 1})
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": runs}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    one, many = result["single_image_ms"], result["batch_32"]
-    print("| request | p50 | p90 | images/s |\n| --- | ---: | ---: | ---: |")
-    print(f"| 1 image | {one['p50']} ms | {one['p90']} ms | {1000 / one['p50']:.0f} |")
-    print(f"| 32 images | {many['median_ms']} ms | | {many['images_per_s']:.0f} |")
+    header = ["model", "round", "1 image p50", "p90", "32 images", "images/s"]
+    print(f"| {' | '.join(header)} |\n| --- |{' ---: |' * (len(header) - 1)}")
+    for run in runs:
+        one, many = run["single_image_ms"], run["batch_32"]
+        print(
+            f"| {run['model']} | {run['round']} | {one['p50']} ms | {one['p90']} ms | {many['median_ms']} ms "
+            f"| {many['images_per_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -80,10 +80,12 @@ def test_time_to_accuracy_quick_records_every_epoch(small):
 def test_overhead_quick_breaks_a_whole_repro_down(small, tmp_path):
     out = tmp_path / "overhead.json"
     table = bench(small, "overhead.py", "--quick", "--output", str(out))
-    result = json.loads(out.read_text())
+    (result,) = json.loads(out.read_text())["runs"]
     assert [row["stage"] for row in result["stages"]] == ALL_STAGES
     summary = result["summary"]
     assert 0 < summary["fit_s"] < summary["repro_s"] and len(summary["noop_repro_s"]) == 3
+    assert len(summary["dvc_version_s"]) == 3 and summary["noop_over_dvc_version"] > 0
+    assert summary["stages_run_by_noop_repros"] == [] and summary["dvc_status_after"] == {}
     assert summary["floor"]["imports_floor_s"] > 0
     assert "everything but `model.fit`" in table and "floor of one process per stage" in table
 
@@ -104,7 +106,15 @@ def test_serving_measures_one_image_and_batches_of_32(small, tmp_path):
         str(out),
         env=env,
     )
-    result = json.loads(out.read_text())
+    (result,) = json.loads(out.read_text())["runs"]
     assert result["single_image_ms"]["requests"] == 12 and result["batch_32"]["requests"] == 3
     assert 0 < result["single_image_ms"]["p50"] <= result["single_image_ms"]["p90"]
     assert result["batch_32"]["images_per_s"] > 0 and "| 32 images |" in table
+
+
+def test_predict_times_the_litert_and_keras_paths_beside_importing_tensorflow(small):
+    table = bench(small, "predict.py", "--rounds", "1")
+    result = json.loads((small / "bench" / "predict.json").read_text())
+    assert set(result["medians"]) == {"litert", "keras", "import_tensorflow"}
+    assert all(value > 0 for value in result["medians"].values())
+    assert "litert_over_import_tensorflow" in table

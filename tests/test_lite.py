@@ -76,3 +76,16 @@ def test_a_model_that_litert_answers_differently_is_refused(tmp_path):
     drifting = Drifting(inputs, outputs)
     with pytest.raises(StageError, match=r"not faithful: .* classes differ"):
         save_lite(drifting, tmp_path / "model.keras", tmp_path / "model.tflite", images(50))
+
+
+def test_a_mixed_precision_model_is_converted_as_its_float32_twin(tmp_path):
+    """LiteRT has no bfloat16 kernels: the same weights are converted, and checked, computing in float32."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(2)
+        model = PRESETS["fast_cnn"].build("mnist")
+        save_lite(model, tmp_path / "model.keras", tmp_path / "model.tflite", images(100))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    lite = LiteModel(tmp_path / "model.tflite").probabilities(images(100))
+    assert np.abs(lite - model.predict(images(100), verbose=0)).max() < 1e-2  # bfloat16's rounding only

@@ -142,3 +142,29 @@ def test_the_readmes_presets_table_is_generated_from_the_presets():
     readme = (REPO / "README.md").read_text()
     block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
     assert block == "\n" + markdown_table(TrainConfig.model_fields["model"].default)
+
+
+SCHEDULES = [("cosine", 1 / 20, 0.01), ("one_cycle", 1 / 5, 0.0)]  # warm-up share, last rate's share
+
+
+@pytest.mark.parametrize(("schedule", "warmup_share", "last"), SCHEDULES)
+def test_the_schedules_warm_up_then_decay(schedule, warmup_share, last):
+    from stages.training.presets import learning_rate_for
+
+    steps = 1000
+    rate = learning_rate_for(schedule, 0.003, steps)
+    warmup = int(steps * warmup_share)
+    values = [float(rate(step)) for step in (0, warmup, steps)]
+    assert values[0] == pytest.approx(0.0003) and values[1] == pytest.approx(0.003)
+    assert values[2] == pytest.approx(0.003 * last, abs=1e-9)
+    assert learning_rate_for("constant", 0.003, steps) == 0.003
+
+
+def test_label_smoothing_is_a_presets_setting_in_its_loss():
+    from stages.training.presets import compiled_model
+
+    preset = PRESETS["fast_cnn"]
+    model = compiled_model(preset, "mnist", Settings.for_preset(preset), 1000, seed=0)
+    assert model.loss.get_config()["label_smoothing"] == preset.label_smoothing == 0.1
+    tutorial = compiled_model(PRESETS["cnn"], "mnist", Settings.for_preset(PRESETS["cnn"]), 1000, seed=0)
+    assert tutorial.loss.get_config()["label_smoothing"] == 0.0

@@ -40,7 +40,7 @@ CHOICES = {
     "data.dataset": ("mnist", "fashion_mnist"),
     "train.model": ("mlp", "mlp_dropout", "cnn", "cnn_deep", "cnn_fashion", "fast_cnn", "best_cnn"),
     "train.optimizer": ("rmsprop", "adam", "adamw", "sgd", "adadelta", "adagrad"),
-    "train.schedule": ("constant", "cosine", "plateau"),
+    "train.schedule": ("constant", "cosine", "one_cycle", "plateau"),
 }
 STRINGS = ("data.local_dir", "train.registered_model", "promote.alias")
 SECTIONS = [key for key, value in VALID.items() if isinstance(value, dict)]

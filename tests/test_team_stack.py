@@ -13,6 +13,8 @@ import pytest
 from conftest import ALL_STAGES, SMALL, copy_repository, free_port, ran_stages, run, serving, set_params
 from services import bucket_keys, team_server
 
+from stages.training.presets import PRESETS
+
 pytestmark = pytest.mark.slow
 
 MODEL = "mnist-classifier"
@@ -61,7 +63,10 @@ def test_dvc_repro_records_the_whole_run_on_the_team_server(team, trained):
         run_id = json.loads((repo / "data" / "train_run.json").read_text())["run_id"]
         recorded = client.get_run(run_id)
         params, metrics, tags = recorded.data.params, recorded.data.metrics, recorded.data.tags
-        assert params["train.model"] == "fast_cnn" and int(params["model.params.total"]) == 136658
+        assert (
+            params["train.model"] == "fast_cnn"
+            and int(params["model.params.total"]) == PRESETS["fast_cnn"].build("mnist").count_params()
+        )
         assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
         evaluation = json.loads((repo / "metrics" / "eval.json").read_text())["test"]
         assert metrics["test_accuracy"] == evaluation["accuracy"]

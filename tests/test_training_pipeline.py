@@ -170,7 +170,7 @@ def test_the_model_carries_the_settings_it_was_trained_with(trained, tmp_path):
     assert config["preset"] == "fast_cnn" and config["seed"] == 42
     assert (config["optimizer"], config["schedule"], config["epochs"], config["batch_size"]) == (
         "adam",
-        "cosine",
+        "one_cycle",
         2,
         64,
     )

@@ -35,7 +35,7 @@ DatasetName = Literal["mnist", "fashion_mnist"]
 # tests/test_models.py checks the two lists agree.
 PresetName = Literal["mlp", "mlp_dropout", "cnn", "cnn_deep", "cnn_fashion", "fast_cnn", "best_cnn"]
 OptimizerName = Literal["rmsprop", "adam", "adamw", "sgd", "adadelta", "adagrad"]
-ScheduleName = Literal["constant", "cosine", "plateau"]
+ScheduleName = Literal["constant", "cosine", "one_cycle", "plateau"]
 
 
 class _Section(BaseModel):

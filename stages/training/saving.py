@@ -39,13 +39,16 @@ def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
     """Write the model in LiteRT form (TensorFlow's own converter: the same weights give the same bytes),
     and refuse it unless it answers `images` as the Keras model does (stages/serving/lite.py).
 
-    Keras converts to LiteRT from TensorFlow only, so a model trained on another backend is converted
-    from its saved `keras_file`, loaded under TensorFlow in a process of its own."""
+    LiteRT runs float32: a mixed-precision model is converted, and compared, as its float32 twin (the same
+    weights, which mixed precision keeps in float32 anyway). Keras converts to LiteRT from TensorFlow only,
+    so a model trained on another backend is converted from its saved `keras_file`, loaded under
+    TensorFlow in a process of its own."""
     import keras
     import numpy as np
 
     from stages.serving.lite import LiteModel, differences
 
+    model = float32_twin(model)
     if keras.backend.backend() == "tensorflow":
         model.export(str(dest), format="litert", verbose=False)
     else:
@@ -56,9 +59,29 @@ def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
         raise StageError(f"the LiteRT conversion of the model is not faithful: {problem}; nothing was saved")
 
 
+MIXED_POLICIES = ('"mixed_float16"', '"mixed_bfloat16"')
+
+
+def float32_twin(model: Any) -> Any:
+    """The model itself if it computes in float32 throughout, else the same architecture and weights
+    computing in float32."""
+    import keras
+
+    config = model.to_json()
+    if not any(policy in config for policy in MIXED_POLICIES):
+        return model
+    for policy in MIXED_POLICIES:
+        config = config.replace(policy, '"float32"')
+    twin = keras.models.model_from_json(config)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 EXPORT_UNDER_TENSORFLOW = """
 import sys, keras
-keras.saving.load_model(sys.argv[1], safe_mode=True).export(sys.argv[2], format="litert", verbose=False)
+from stages.training.saving import float32_twin
+model = float32_twin(keras.saving.load_model(sys.argv[1], safe_mode=True))
+model.export(sys.argv[2], format="litert", verbose=False)
 """
 
 
