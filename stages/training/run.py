@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from stages.core import paths
 from stages.core.errors import StageError
 from stages.core.io import file_digest
 from stages.tracking import lineage, registry, store
@@ -247,7 +248,7 @@ def log_model(model_file: Path, example: np.ndarray, class_names: list[str]) -> 
         ColSpec(Array(DataType.double) if kind == "array" else kind, name, required=required)
         for name, kind, required in OUTPUT_SCHEMA
     ]
-    lite_file = model_file.with_suffix(".tflite")  # train saves the two side by side
+    lite_file = paths.lite_file(model_file.parent)  # train saves the two side by side
     requirements = [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_REQUIREMENTS]
     for module in (digits, lite, pyfunc):
         cloudpickle.register_pickle_by_value(module)
