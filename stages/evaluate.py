@@ -33,7 +33,7 @@ def load_lite_model() -> LiteModel:
     try:
         return LiteModel(path)
     except (OSError, ValueError, RuntimeError) as exc:  # the interpreter's errors for a damaged file
-        raise StageError(f"{path} is unreadable ({exc}): rerun `dvc repro train` to rebuild it") from exc
+        raise StageError(f"{path} is corrupt or unreadable ({exc}): rerun `dvc repro train`") from exc
 
 
 def main() -> None:

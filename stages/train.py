@@ -226,13 +226,16 @@ def fit(
 
 def final_figures(job: Job, model: keras.Model, checkpoints: TrainState, state: ResumeState) -> dict:
     """The figures the run ends with: the last epoch's training figures, the validation figures of the
-    final weights (with early stopping: the best epoch's, loaded back), the epochs and parameter counts."""
+    final weights (with early stopping: the best epoch's, loaded back; batch norm settled on them), the
+    epochs and parameter counts."""
     from stages.training import run
+    from stages.training.batch_norm import settle_batch_norm
     from stages.training.state import best_epoch
 
     best = best_epoch(state, job.rules)
     if best is not None and best != state.epoch and not checkpoints.load_weights(model, best):
         raise StageError(f"the checkpoint of the best epoch {best} vanished from {checkpoints.root}; rerun")
+    settle_batch_norm(model, job.train["x"])  # a short training's moving averages are still its first ones
     if not state.history:
         raise StageError("training finished no epoch; rerun `dvc repro train`")
     last = state.history[-1]

@@ -75,6 +75,7 @@ def test_time_to_accuracy_quick_records_every_epoch(small):
     for r in runs:
         assert [row["epoch"] for row in r["epochs"]] == [1, 2]
         assert all(0 <= row["test_accuracy"] <= 1 and row["train_s"] > 0 for row in r["epochs"])
+        assert 0 <= r["final_test_accuracy"] <= 1  # the saved model's, batch norm settled
 
 
 def test_overhead_quick_breaks_a_whole_repro_down(small, tmp_path):

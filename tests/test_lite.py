@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from stages.core.errors import StageError
-from stages.serving.lite import TOLERANCE, LiteModel, differences
+from stages.serving.lite import TOLERANCE, LiteModel, differences, digest_file
 from stages.training.presets import PRESETS
 from stages.training.saving import save_lite
 
@@ -89,3 +89,17 @@ def test_a_mixed_precision_model_is_converted_as_its_float32_twin(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
     lite = LiteModel(tmp_path / "model.tflite").probabilities(images(100))
     assert np.abs(lite - model.predict(images(100), verbose=0)).max() < 1e-2  # bfloat16's rounding only
+
+
+def test_a_model_whose_bytes_changed_after_it_was_written_is_refused(tmp_path):
+    """A flatbuffer has no checksum: eight flipped bytes in the weights still load and answer, wrongly. The
+    digest written beside it catches them."""
+    keras.utils.set_random_seed(1)
+    path = tmp_path / "model.tflite"
+    save_lite(PRESETS["fast_cnn"].build("mnist"), tmp_path / "model.keras", path, images(10))
+    assert digest_file(path).read_text().split()[1] == "model.tflite"  # `sha256sum -c` reads it
+    data, middle = bytearray(path.read_bytes()), path.stat().st_size // 2
+    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"SHA-256 is not the one recorded in model\.tflite\.sha256"):
+        LiteModel(path)

@@ -151,7 +151,8 @@ def _own_predictions(repo: Path, images: np.ndarray, run_id: str | None = None) 
         import mlflow
 
         client_for(repo)
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().model
+        logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+        model = keras.saving.load_model(logged / "artifacts" / "model.keras")  # the logged keras_model
     return model.predict(images, verbose=0).argmax(axis=1)
 
 

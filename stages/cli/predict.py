@@ -60,7 +60,10 @@ class Classifier:
 
             if not Path(source).is_file():
                 raise StageError(f"{source}: no such model file")
-            self._lite = LiteModel(source)
+            try:
+                self._lite = LiteModel(source)
+            except (ValueError, RuntimeError) as exc:  # the interpreter's errors, or a damaged file
+                raise StageError(f"{source} is corrupt or unreadable ({exc})") from exc
             self.class_names = _class_names_beside(Path(source))
         elif source.endswith(".keras"):
             from stages.core.io import load_model

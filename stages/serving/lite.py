@@ -12,6 +12,7 @@ each logged model.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -19,6 +20,31 @@ import numpy as np
 
 TOLERANCE = 1e-5  # the largest difference from the Keras model's probabilities that train accepts
 BATCH = 1000  # images per call into the interpreter for large inputs: larger batches gain nothing
+
+
+def digest_file(model: Path | str) -> Path:
+    """The SHA-256 train records beside the model, in `sha256sum` form: a flatbuffer carries no checksum
+    of its own, so a damaged `.tflite` could otherwise load and answer wrongly."""
+    model = Path(model)
+    return model.with_name(model.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def record_digest(model: Path | str) -> None:
+    model = Path(model)
+    digest_file(model).write_text(f"{_sha256(model)}  {model.name}\n")
+
+
+def verify_digest(model: Path) -> None:
+    """Raise ValueError when the model's bytes are not those recorded beside it (no record: nothing to check,
+    as in a logged MLflow model, whose artifacts MLflow checks)."""
+    record = digest_file(model)
+    if record.exists() and record.read_text().split()[:1] != [_sha256(model)]:
+        raise ValueError(f"its SHA-256 is not the one recorded in {record.name} when it was written")
 
 
 class LiteModel:
@@ -31,6 +57,7 @@ class LiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        verify_digest(self.path)
         self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]

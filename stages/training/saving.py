@@ -46,7 +46,7 @@ def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
     import keras
     import numpy as np
 
-    from stages.serving.lite import LiteModel, differences
+    from stages.serving.lite import LiteModel, differences, record_digest
 
     model = float32_twin(model)
     if keras.backend.backend() == "tensorflow":
@@ -57,6 +57,7 @@ def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
     problem = differences(expected, LiteModel(dest).probabilities(images))
     if problem:
         raise StageError(f"the LiteRT conversion of the model is not faithful: {problem}; nothing was saved")
+    record_digest(dest)
 
 
 MIXED_POLICIES = ('"mixed_float16"', '"mixed_bfloat16"')
