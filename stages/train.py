@@ -25,7 +25,7 @@ from stages.core.errors import StageError
 from stages.core.io import atomic_path, file_digest, load_json, write_json
 from stages.core.runner import run_stage
 from stages.data.npz import load_npz
-from stages.tracking import lineage, store
+from stages.tracking import lineage, store, trial
 
 if TYPE_CHECKING:
     import keras
@@ -59,8 +59,12 @@ def main() -> None:
             record(job, run_id, state, final | timings)
     except BaseException as exc:
         from stages.training import run
+        from stages.training.pruning import PrunedTrialError
 
-        run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, PrunedTrialError):
+            checkpoints.clear()  # a pruned training is not one to resume
+            run.mark_pruned()
+        run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt | PrunedTrialError) else "FAILED")
         raise
     checkpoints.clear()
     log.info("trained %s in %.0f s: %s", job.preset.name, timings["train_time_s"], final["val"])
@@ -188,10 +192,11 @@ def describe_run(job: Job, model: keras.Model, run_id: str, state: ResumeState) 
     from stages.training import run
 
     counts = run.parameter_counts(model)
-    logged = dict(lineage.flatten(job.params.model_dump()))
+    pipeline_params = job.params.model_dump(exclude={"tune"})  # a search's settings train nothing
+    logged = dict(lineage.flatten(pipeline_params))
     logged |= {f"effective.{k}": str(v) for k, v in asdict(job.settings).items()}
     logged |= {f"model.params.{k}": str(v) for k, v in counts.items()}
-    lineage.check_no_secrets(job.params.model_dump())
+    lineage.check_no_secrets(pipeline_params)
     lineage.check_no_secrets(logged)
     tags = lineage.lineage_tags(job.meta["content_sha256"], job.device) | {"preset": job.preset.name}
     splits = {"train": job.train, "val": job.val, "test": job.test}
@@ -211,6 +216,11 @@ def fit(
     from stages.training.callbacks import EpochEnd
 
     epoch_end = EpochEnd(checkpoints, state, job.rules, run_id)
+    callbacks: list[keras.callbacks.Callback] = [epoch_end]
+    if (context := trial.from_environment()) is not None:  # a trial of `mnist-tune`: it may be pruned
+        from stages.training.pruning import ReportToStudy
+
+        callbacks.append(ReportToStudy(context, job.params.tune.pruner))
     model.fit(
         job.train["x"],
         job.train["y"],
@@ -218,9 +228,11 @@ def fit(
         epochs=state.epoch if state.stopped else job.settings.epochs,  # early stopping had ended it
         initial_epoch=state.epoch,
         validation_data=None if job.val is None else (job.val["x"], job.val["y"]),
-        callbacks=[epoch_end],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    for callback in callbacks[1:]:
+        callback.raise_if_pruned()
     return epoch_end.state
 
 

@@ -9,6 +9,7 @@ environment so that they never invalidate DVC's cache.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -154,6 +155,74 @@ class PromoteConfig(_Section):
     margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # test accuracy it must beat the champion's by
 
 
+class FloatRange(_Section):
+    """A float drawn between low and high, on a log scale if asked (a learning rate)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntRange(_Section):
+    """A whole number from low to high (both included), every `step`, or on a log scale."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: Annotated[int, Field(ge=1)] = 1
+    log: bool = False
+
+
+class Choice(_Section):
+    """One of a list of values (a preset, a schedule, a batch size)."""
+
+    type: Literal["categorical"]
+    choices: list[str | int | float | bool | None] = Field(min_length=1)
+
+
+Dimension = Annotated[FloatRange | IntRange | Choice, Field(discriminator="type")]
+TUNABLE_SECTIONS = ("train", "preprocess")  # what a trial may vary: how the model is made, never the data
+NOT_TUNABLE = {"train.registered_model"}  # a name in MLflow, not a setting of the training
+
+
+class PrunerConfig(_Section):
+    """When a trial whose validation accuracy trails the median of the earlier trials' is stopped."""
+
+    startup_trials: Annotated[int, Field(ge=0)] = 2  # trials that finish before any is pruned
+    min_epochs: Annotated[int, Field(ge=1)] = 2  # epochs every trial trains before it can be pruned
+
+
+class TuneConfig(_Section):
+    """The search `mnist-tune` runs (stages/cli/tune.py): each trial a DVC experiment with `-S` values
+    drawn from `space`. No stage reads this section, so no setting here reruns a training."""
+
+    study: str = Field(default="mnist-search", pattern=r"^[A-Za-z0-9][\w\-]*$")
+    trials: Annotated[int, Field(ge=1, le=10000)] = 20  # in all, across every worker of the study
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = 0  # the sampler's
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"  # never a test figure
+    direction: Literal["maximize", "minimize"] = "maximize"
+    pruner: PrunerConfig | None = PrunerConfig()  # null: every trial trains all its epochs
+    space: dict[str, Dimension] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> TuneConfig:
+        wanted = "maximize" if self.metric == "val_accuracy" else "minimize"
+        if self.direction != wanted:
+            raise ValueError(f"direction {self.direction!r} with metric {self.metric!r}: use {wanted!r}")
+        return self
+
+    @field_validator("space")
+    @classmethod
+    def _space_is_params(cls, space: dict[str, Any]) -> dict[str, Any]:
+        problems = [
+            problem for key, dimension in space.items() for problem in _dimension_problems(key, dimension)
+        ]
+        if problems:
+            raise ValueError("\n      ".join(problems))
+        return space
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -164,6 +233,52 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
     promote: PromoteConfig = PromoteConfig()
+    tune: TuneConfig = TuneConfig()
+
+
+def tunable_sections() -> dict[str, type[_Section]]:
+    """The sections a trial may vary, by name."""
+    return {name: Params.model_fields[name].annotation for name in TUNABLE_SECTIONS}
+
+
+def _dimension_problems(key: str, dimension: FloatRange | IntRange | Choice) -> list[str]:
+    """What is wrong with one dimension of the space, each naming its key: a key that is no param, an empty
+    range, or a value the param itself would refuse (checked at both ends and inside the range)."""
+    section_name, _, name = key.partition(".")
+    sections = tunable_sections()
+    if section_name not in sections or not name:
+        return [f"{key!r} is not a param a trial may vary: use train.<key> or preprocess.<key>"]
+    section = sections[section_name]
+    if name not in section.model_fields or key in NOT_TUNABLE:
+        allowed = [
+            f"{section_name}.{field}"
+            for field in section.model_fields
+            if f"{section_name}.{field}" not in NOT_TUNABLE
+        ]
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return [f"{key!r} is not a param a trial may vary{did_you_mean}; allowed: {', '.join(allowed)}"]
+    if isinstance(dimension, Choice):
+        if len(set(map(repr, dimension.choices))) != len(dimension.choices):
+            return [f"{key}: the choices repeat a value"]
+        samples = list(dimension.choices)
+    else:
+        if dimension.low >= dimension.high:
+            return [f"{key}: the range is empty (low {dimension.low} must be below high {dimension.high})"]
+        if dimension.log and dimension.low <= 0:
+            return [f"{key}: a log scale needs low > 0 (got {dimension.low})"]
+        if isinstance(dimension, IntRange) and dimension.log and dimension.step != 1:
+            return [f"{key}: a log scale takes no step"]
+        samples = [dimension.low, dimension.high]
+        if isinstance(dimension, FloatRange):  # a float range on a whole-number param fails here
+            samples.append(dimension.low + (dimension.high - dimension.low) / math.pi)
+    for value in samples:
+        try:
+            section.model_validate({name: value})
+        except ValidationError as exc:
+            reason = "; ".join(line.partition(": ")[2] for line in describe_errors(exc, section))
+            return [f"{key}: {value!r} is not a valid value: {reason}"]
+    return []
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

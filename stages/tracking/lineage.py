@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from stages.core.errors import ConfigError, has_userinfo
+from stages.tracking import trial
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -81,6 +82,8 @@ def lineage_tags(data_hash: str, device: str) -> dict[str, str]:
         tags["git.changed_files"] = shown
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    if (context := trial.from_environment()) is not None:
+        tags |= context.tags()
     return tags
 
 

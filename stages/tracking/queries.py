@@ -37,7 +37,7 @@ def search(experiment: str = EXPERIMENT, limit: int = 10, run_ids: list[str] | N
     """The newest finished runs of the experiment (or the given runs), newest first; empty if none."""
     import mlflow
 
-    filters = ["attributes.status = 'FINISHED'"]
+    filters = ["attributes.status = 'FINISHED'", "tags.preset LIKE '%'"]  # trainings, not a study's run
     if run_ids:
         filters.append("attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in run_ids) + ")")
     if limit <= 0 and not run_ids:

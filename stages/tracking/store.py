@@ -24,6 +24,8 @@ from stages.core.errors import StageError, scrub
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "mnist-pipeline"  # the MLflow experiment every pipeline run belongs to
+# Without it, MLflow 3's UI opens an experiment on its GenAI traces overview rather than on the runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SQLITE_BUSY_TIMEOUT_S = 60  # for our own one-off connection that switches the file to WAL
 # How long a stage waits for the store to come back before failing: long enough for a tracking server
 # restart; the trained state is kept either way, so a rerun only sends what is missing. The environment
@@ -115,8 +117,14 @@ def connect(experiment: str = EXPERIMENT) -> str:
     try:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older version, or by hand
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
-        return client.create_experiment(experiment, artifact_location=artifact_root(uri, experiment))
+        return client.create_experiment(
+            experiment,
+            artifact_location=artifact_root(uri, experiment),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception as exc:  # MLflow raises many kinds (MlflowException, requests', sqlalchemy's)
         if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
             return client.get_experiment_by_name(experiment).experiment_id  # created concurrently

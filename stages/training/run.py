@@ -279,6 +279,18 @@ def end_quietly(status: str) -> None:
         log.info("could not mark the MLflow run %s: %s", status, store.describe(exc))
 
 
+def mark_pruned() -> None:
+    """Tag the active run as a pruned trial (its status becomes KILLED), if the store answers."""
+    import mlflow
+
+    from stages.tracking.trial import STATE_TAG
+
+    try:
+        mlflow.set_tag(STATE_TAG, "PRUNED")
+    except Exception as exc:
+        log.info("could not tag the MLflow run as pruned: %s", store.describe(exc))
+
+
 def _mark_killed(run_id: str) -> None:
     import mlflow
 
