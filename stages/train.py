@@ -216,11 +216,11 @@ def fit(
     from stages.training.callbacks import EpochEnd
 
     epoch_end = EpochEnd(checkpoints, state, job.rules, run_id)
-    callbacks: list[keras.callbacks.Callback] = [epoch_end]
+    to_study = None
     if (context := trial.from_environment()) is not None:  # a trial of `mnist-tune`: it may be pruned
         from stages.training.pruning import ReportToStudy
 
-        callbacks.append(ReportToStudy(context, job.params.tune.pruner))
+        to_study = ReportToStudy(context, job.params.tune.pruner)
     model.fit(
         job.train["x"],
         job.train["y"],
@@ -228,11 +228,11 @@ def fit(
         epochs=state.epoch if state.stopped else job.settings.epochs,  # early stopping had ended it
         initial_epoch=state.epoch,
         validation_data=None if job.val is None else (job.val["x"], job.val["y"]),
-        callbacks=callbacks,
+        callbacks=[epoch_end] if to_study is None else [epoch_end, to_study],
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    for callback in callbacks[1:]:
-        callback.raise_if_pruned()
+    if to_study is not None:
+        to_study.raise_if_pruned()
     return epoch_end.state
 
 

@@ -124,6 +124,7 @@ class TeamServer:
     url: str
     admin: tuple[str, str]
     s3: S3
+    database: Postgres  # the server MLflow's store is on, which may hold other databases (`databases`)
 
     def add_user(self, username: str) -> str:
         """A user the admin created, as the README says; its password."""
@@ -141,10 +142,11 @@ class TeamServer:
 
 
 @contextlib.contextmanager
-def team_server(root: Path) -> Iterator[TeamServer]:
-    """PostgreSQL + S3 + `mlflow server --app-name basic-auth`, as the README's commands start them."""
+def team_server(root: Path, databases: tuple[str, ...] = ()) -> Iterator[TeamServer]:
+    """PostgreSQL + S3 + `mlflow server --app-name basic-auth`, as the README's commands start them; the
+    cluster also holds `databases` (e.g. `optuna`, for a study the team's workers share)."""
     with (
-        postgres(("mlflow", "mlflow_auth")) as database,
+        postgres(("mlflow", "mlflow_auth", *databases)) as database,
         s3(root / "s3", ("mlflow", "dvc")) as store,
     ):
         admin = ("admin", secrets.token_urlsafe(16))
@@ -181,7 +183,7 @@ def team_server(root: Path) -> Iterator[TeamServer]:
         ]
         with serving(command, root, port, "/health") as url:
             _wait_for_login(url, admin)
-            yield TeamServer(url, admin, store)
+            yield TeamServer(url, admin, store, database)
 
 
 def _wait_for_login(url: str, admin: tuple[str, str]) -> None:

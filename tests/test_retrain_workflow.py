@@ -10,9 +10,6 @@ variable RETRAIN_DEVICE=cpu installs no CUDA libraries and lets the job train on
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import sysconfig
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 import requests
 from conftest import ALL_STAGES, REPO, SMALL, copy_repository, free_port, ran_stages, run, set_params
 from services import bucket_keys, team_server
-from workflow_runner import Job, JobResult, Repository
+from workflow_runner import Job, JobResult, Repository, warm_runner_python
 
 pytestmark = pytest.mark.slow
 
@@ -31,24 +28,6 @@ RETRAIN = "Retrain what changed"
 PROMOTE = "Promote if better than the champion"
 PROPOSE = "Propose dvc.lock and metrics/ to main"
 WORSE_PRESET = "cnn_deep"  # Adagrad at Keras 2.2's rate: barely learns in two epochs of 500 images
-
-
-def _runner_python(root: Path) -> list[Path]:
-    """What setup-python leaves on a warm runner: a Python whose environment already holds the tested
-    versions (this test's packages, seen through a .pth, their scripts next on PATH), so the workflow's
-    own install step runs for real but downloads nothing. Python's version is this one's."""
-    venv = root / "python"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    layered = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    Path(layered, "_layered_on_tests.pth").write_text(
-        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
-    )
-    return [venv / "bin", Path(sys.executable).parent]
 
 
 class GitHub:
@@ -72,7 +51,7 @@ class GitHub:
             "DVC_REMOTE_SECRET_ACCESS_KEY": server.s3.env["AWS_SECRET_ACCESS_KEY"],
         }
         self.repository = Repository(self.origin, secrets, {"RETRAIN_DEVICE": "cpu"})
-        self.python = _runner_python(root)
+        self.python = warm_runner_python(root)
         self.durations: dict[str, float] = {}
 
     @staticmethod

@@ -1,5 +1,6 @@
-"""`mnist-tune`, for real: Optuna studies whose trials are `dvc exp run`s of the whole pipeline on small
-params, recorded in MLflow, on the embedded storage and on a real PostgreSQL shared by worker processes.
+"""`mnist-tune` on one machine, for real: an Optuna study whose trials are `dvc exp run`s of the whole
+pipeline on small params, recorded in MLflow. Workers sharing a study on a team's PostgreSQL:
+tests/test_tune_workflow.py.
 
 The trials to compare are put in the study with Optuna's own `enqueue_trial`, so that which one the
 pruner stops does not hang on the sampler's draw.
@@ -8,19 +9,14 @@ pruner stops does not hang on the sampler's draw.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
 import yaml
-from conftest import copy_repository, run, set_params, user_env
+from conftest import copy_repository, run, set_params
 from optuna.trial import TrialState
-from services import postgres
 
 TINY = {
     "preprocess": {"val_size": 500, "limit": 1000},
@@ -165,79 +161,3 @@ def test_a_study_on_one_machine_prunes_the_hopeless_and_names_the_best(tmp_path)
 
     again = run(["mnist-tune"], repo)  # the budget is spent: nothing runs
     assert "has its 2 trials" in again.stderr and _experiments(repo) == ["lr-0"]
-
-
-def _start_worker(repo: Path, storage: str, tracking_uri: str, log: Path) -> subprocess.Popen:
-    env = user_env(MLFLOW_TRACKING_URI=tracking_uri, MNIST_TUNE_STORAGE=storage, MNIST_TUNE_HEARTBEAT_S="2")
-    return subprocess.Popen(
-        ["mnist-tune"],
-        cwd=repo,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _wait_for(condition, what: str, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
-@pytest.mark.slow
-def test_workers_on_postgresql_share_one_study_and_outlive_a_killed_one(tmp_path):
-    space = {"train.learning_rate": {"type": "float", "low": 0.0005, "high": 0.005, "log": True}}
-    seed = _tuned_repository(tmp_path / "seed", "shared", trials=3, space=space, pruner=None)  # all finish
-    clones = {}
-    for name in ("a", "b", "c"):  # three machines: each its own clone
-        clones[name] = tmp_path / name
-        run(["git", "clone", "-q", str(seed), str(clones[name])], tmp_path)
-    tracking_uri = f"sqlite:///{tmp_path / 'team-mlflow.db'}"  # the team's tracking store, shared
-    with postgres(("optuna",)) as server:
-        storage = server.uri("optuna")
-
-        # worker a dies with its machine while its first trial trains
-        doomed = _start_worker(clones["a"], storage, tracking_uri, tmp_path / "a.log")
-        _wait_for(lambda: 0 in _trial_runs_if_any(tracking_uri, "shared"), "worker a's trial to train")
-        os.killpg(doomed.pid, signal.SIGKILL)
-        doomed.wait()
-        time.sleep(10)  # past the grace period of 4 heartbeats of 2 s
-
-        workers = {
-            name: _start_worker(clones[name], storage, tracking_uri, tmp_path / f"{name}.log")
-            for name in "bc"
-        }
-        for name, worker in workers.items():
-            assert worker.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()
-        trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
-
-    assert trials[0].state == TrialState.FAIL  # its heartbeat stopped: failed, and run again elsewhere
-    ran = [t for t in trials if "experiment" in t.user_attrs and t.number > 0]
-    assert [t.state for t in ran] == [TrialState.COMPLETE] * 3, [(t.number, t.state) for t in trials]
-    # any other trial is one a worker asked for at the very moment the budget ran out: it ran nothing
-    assert all(t.state == TrialState.FAIL for t in trials if t not in ran and t.number > 0)
-
-    experiments = {name: _experiments(clones[name]) for name in "bc"}
-    assert sorted(experiments["b"] + experiments["c"]) == sorted(f"shared-{t.number}" for t in ran)
-    assert experiments["b"] and experiments["c"], experiments  # both workers took trials
-    assert _experiments(clones["a"]) == []
-
-    runs = _trial_runs(tracking_uri, "shared")
-    assert runs[0].info.status == "FAILED" and runs[0].data.tags["optuna.state"] == "FAIL"
-    for trial in ran:
-        recorded = runs[trial.number]
-        assert recorded.info.status == "FINISHED"
-        assert float(recorded.data.params["train.learning_rate"]) == pytest.approx(
-            trial.params["train.learning_rate"]
-        )
-        assert recorded.data.metrics["final_val_accuracy"] == pytest.approx(trial.value)
-    assert len({t.params["train.learning_rate"] for t in ran}) == 3  # the workers' samplers differ
-
-
-def _trial_runs_if_any(tracking_uri: str, study: str) -> dict:
-    try:
-        return _trial_runs(tracking_uri, study)
-    except Exception:  # the store is not there yet
-        return {}

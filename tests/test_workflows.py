@@ -69,7 +69,7 @@ def actionlint():
 
 
 def test_workflows_pass_actionlint(actionlint):
-    assert len(WORKFLOWS) == 2
+    assert [path.name for path in WORKFLOWS] == ["ci.yml", "retrain.yml", "tune.yml"]
     assert actionlint(WORKFLOWS) == []
 
 
@@ -100,6 +100,18 @@ def test_retrain_workflow_is_scheduled_on_a_gpu_runner_with_the_teams_secrets():
     env = workflow["jobs"]["retrain"]["env"]
     assert env["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
     assert "secrets.MLFLOW_TRACKING_PASSWORD" in env["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_tune_workflow_is_dispatched_to_gpu_runners_sharing_the_teams_study():
+    """What tests/test_tune_workflow.py cannot execute: dispatch only, gpu runners, workers that outlive
+    each other, and the study's storage and tracking server from secrets."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "tune.yml").read_text())
+    assert set(workflow[True]) == {"workflow_dispatch"}
+    job = workflow["jobs"]["tune"]
+    assert {"self-hosted", "gpu"} <= set(job["runs-on"])
+    assert job["strategy"]["fail-fast"] is False and len(job["strategy"]["matrix"]["worker"]) > 1
+    assert job["env"]["MNIST_TUNE_STORAGE"] == "${{ secrets.OPTUNA_STORAGE }}"
+    assert job["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
 
 
 def test_pull_request_workflow_lints_and_runs_the_ci_script():

@@ -1,14 +1,15 @@
 """A GitHub Actions job run on this machine the way GitHub's runner runs it, so that tests execute the
-retraining workflow itself rather than lint it.
+workflows themselves rather than lint them.
 
 Reproduced: the steps in order; `run:` scripts under the shell GitHub picks (`bash -e {0}` by default,
 `bash --noprofile --norc -eo pipefail {0}` for `shell: bash`) in the checkout; the workflow's, job's and
 step's `env` over what earlier steps wrote to GITHUB_ENV; GITHUB_PATH, GITHUB_OUTPUT and
 GITHUB_STEP_SUMMARY; `${{ }}` expressions over `github`, `inputs`, `secrets` and `vars` (unset ones are
-empty), `env`, `steps` and `runner`, with `||`, `&&`, `!`, `==`, `!=` and the status functions; `if:`;
-a failed step skips the rest unless their `if:` asks for them. Actions map to local equivalents (`ACTIONS`):
-checkout clones the bare origin, setup-python puts a given Python first on PATH, upload-artifact checks
-that the listed paths exist. Anything else raises, so the workflow cannot outgrow what the tests run.
+empty), `env`, `steps`, `runner` and `matrix` (a job with a `strategy.matrix` is one Job per entry of
+`matrix_of`), with `||`, `&&`, `!`, `==`, `!=` and the status functions; `if:`; a failed step skips the
+rest unless their `if:` asks for them. Actions map to local equivalents (`ACTIONS`): checkout clones the
+bare origin, setup-python puts a given Python first on PATH, upload-artifact checks that the listed paths
+exist. Anything else raises, so the workflow cannot outgrow what the tests run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -117,6 +120,28 @@ class _Parser:
         raise ValueError(f"unsupported expression: {self.text!r}")
 
 
+# ------------------------------------------------------------------------------------------ the matrix
+
+
+def matrix_of(workflow: Path, job: str) -> list[dict[str, Any]]:
+    """The entries of a job's `strategy.matrix`, one per job GitHub starts (none: the job runs once), in
+    GitHub's order: every combination of the lists, the first key varying slowest. `include`, `exclude`
+    and expressions in place of a list are not reproduced, and raise."""
+    spec = yaml.safe_load(workflow.read_text())["jobs"][job]
+    matrix = (spec.get("strategy") or {}).get("matrix")
+    if not matrix:
+        return []
+    unsupported = [
+        key for key, values in matrix.items() if key in ("include", "exclude") or not isinstance(values, list)
+    ]
+    if unsupported:
+        raise NotImplementedError(f"matrix keys the runner does not reproduce: {unsupported}")
+    entries: list[dict[str, Any]] = [{}]
+    for key, values in matrix.items():
+        entries = [entry | {key: value} for entry in entries for value in values]
+    return entries
+
+
 # ------------------------------------------------------------------------------------------ the job
 
 
@@ -199,11 +224,16 @@ class Job:
         python_bin: list[Path],
         before_step: Callable[[str, dict[str, str]], None] | None = None,
         step_timeout_s: float = 900,
+        matrix: Mapping[str, Any] | None = None,
     ):
         document = yaml.safe_load(workflow.read_text())
         self.workflow_env = document.get("env") or {}
         self.top_defaults = (document.get("defaults") or {}).get("run", {})
         self.spec = document["jobs"][job]
+        combinations = matrix_of(workflow, job)
+        if combinations and matrix not in combinations:
+            raise ValueError(f"job {job!r} runs once per matrix entry: pass one of {combinations}")
+        self.matrix = dict(matrix or {})
         declared = (document[True].get("workflow_dispatch") or {}).get("inputs") or {}
         # a scheduled run has no inputs: `inputs.x` is empty, not the dispatch default
         self.inputs = {name: "" for name in declared}
@@ -249,6 +279,7 @@ class Job:
             "env": dict(env),
             "steps": self.steps_context,
             "runner": {"temp": str(self.temp), "os": "Linux", "arch": "X64"},
+            "matrix": self.matrix,
         }
 
     def evaluate(self, expression: str, env: Mapping[str, str]) -> Any:
@@ -390,6 +421,24 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------------ actions
+
+
+def warm_runner_python(root: Path) -> list[Path]:
+    """What setup-python leaves on a warm runner: a Python whose environment already holds the tested
+    versions (this test's packages, seen through a .pth, their scripts next on PATH), so the workflow's
+    own install step runs for real but downloads nothing. Python's version is this one's."""
+    venv = root / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    layered = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(layered, "_layered_on_tests.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+    )
+    return [venv / "bin", Path(sys.executable).parent]
 
 
 def _checkout(job: Job, inputs: Mapping[str, str], env: Mapping[str, str]) -> tuple[int, str]:
