@@ -445,7 +445,14 @@ def test_mlflow_ui_compares_the_two_runs_and_the_html_report_renders(two_runs, b
         page.get_by_text(names[1], exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=shots / "mlflow-models.png")
         models_view = page.inner_text("body")
+        # the experiment itself opens on its training runs (MLflow 3 opens an untyped experiment on its
+        # GenAI traces overview)
+        page.goto(f"{url}/#/experiments/{experiment}")
+        page.get_by_text(names[0], exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=shots / "mlflow-experiment.png")
+        opened_on = page.url
     assert all(name in models_view for name in names) and MODEL in models_view
+    assert "/traces" not in opened_on and "/overview" not in opened_on, opened_on
     assert "Comparing 2 Runs" in shown
     for run_id in (first_id, second_id):
         data = client.get_run(run_id).data

@@ -109,6 +109,16 @@ def test_a_bad_space_is_refused_by_name_before_any_trial(repo_copy):
     assert _experiments(repo_copy) == []
 
 
+def test_tuning_settings_rerun_no_stage_but_the_params_check(repo_copy):
+    """Only check_params, which validates all of params.yaml, sees the edit; no cached output changes."""
+    before = json.loads(run(["dvc", "status", "--json"], repo_copy).stdout)
+    space = {"train.batch_size": {"type": "int", "low": 32, "high": 256, "step": 32}}
+    set_params(repo_copy, tune={"trials": 7, "seed": 3, "space": space})
+    after = json.loads(run(["dvc", "status", "--json"], repo_copy).stdout)
+    assert {stage for stage in after if after[stage] != before.get(stage)} == {"check_params"}
+    assert run(["dvc", "repro", "check_params"], repo_copy).returncode == 0  # and finds it valid
+
+
 @pytest.mark.slow
 def test_a_study_on_one_machine_prunes_the_hopeless_and_names_the_best(tmp_path):
     space = {"train.learning_rate": {"type": "categorical", "choices": [GOOD, HOPELESS]}}
