@@ -209,6 +209,7 @@ def answer_the_experiment_lookup(server: FixtureServer, repo: Path) -> None:
         "name": "mnist-pipeline",
         "lifecycle_stage": "active",
         "artifact_location": str(repo / "mlruns"),
+        "tags": [{"key": "mlflow.experimentKind", "value": "custom_model_development"}],  # as connect made it
     }
     route = "/api/2.0/mlflow/experiments/get-by-name"
     server.routes[route] = json.dumps({"experiment": experiment}).encode()

@@ -30,6 +30,8 @@ from conftest import (
 )
 from PIL import Image
 
+from stages.tracking.store import EXPERIMENT
+
 pytestmark = pytest.mark.slow
 
 MODEL = "mnist-classifier"
@@ -445,14 +447,16 @@ def test_mlflow_ui_compares_the_two_runs_and_the_html_report_renders(two_runs, b
         page.get_by_text(names[1], exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=shots / "mlflow-models.png")
         models_view = page.inner_text("body")
-        # the experiment itself opens on its training runs (MLflow 3 opens an untyped experiment on its
-        # GenAI traces overview)
-        page.goto(f"{url}/#/experiments/{experiment}")
+        # as the README says: on the home page choose "Model training" (MLflow 3.17 opens experiments on
+        # their GenAI overview until then, whatever the experiment's kind tag), then the experiment
+        page.goto(f"{url}/")
+        page.get_by_text("Model training", exact=True).first.click(timeout=60_000)
+        page.get_by_text(EXPERIMENT, exact=True).first.click(timeout=60_000)
         page.get_by_text(names[0], exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=shots / "mlflow-experiment.png")
         opened_on = page.url
     assert all(name in models_view for name in names) and MODEL in models_view
-    assert "/traces" not in opened_on and "/overview" not in opened_on, opened_on
+    assert f"/experiments/{experiment}/runs" in opened_on, opened_on
     assert "Comparing 2 Runs" in shown
     for run_id in (first_id, second_id):
         data = client.get_run(run_id).data
