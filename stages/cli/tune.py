@@ -306,10 +306,11 @@ def study_run(experiment_id: str, tune: TuneConfig) -> str:
     made = client.create_run(
         experiment_id, run_name=f"study {tune.study}", tags={STUDY_TAG: tune.study, KIND_TAG: "study"}
     ).info.run_id
+    from mlflow.entities import Param
+
     params = {"tune.trials": tune.trials, "tune.seed": tune.seed, "tune.metric": tune.metric}
     params |= {f"tune.space.{key}": json.dumps(dim.model_dump()) for key, dim in tune.space.items()}
-    for key, value in params.items():
-        client.log_param(made, key, value)
+    client.log_batch(made, params=[Param(key, str(value)) for key, value in params.items()])
     oldest = sorted(existing(), key=lambda run: (run.info.start_time, run.info.run_id))[0].info.run_id
     if oldest != made:
         client.delete_run(made)
@@ -343,10 +344,10 @@ def mark_trial_runs(study: str, number: int, status: str, state: str) -> None:
     """End the MLflow run(s) of a trial that no longer runs: pruned (KILLED), or its worker died (FAILED)."""
     import mlflow
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient()  # run_trials has connected to the store
     try:
         runs = client.search_runs(
-            [store.connect()],
+            [client.get_experiment_by_name(store.EXPERIMENT).experiment_id],
             filter_string=f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{TRIAL_TAG}` = '{number}'",
         )
         for run in runs:
