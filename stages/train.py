@@ -282,6 +282,7 @@ def write_outputs(
     """The local outputs, each atomically, before MLflow hears of them: they need no tracking store.
     Returns the wall times, which go to metrics/timing.json (not a DVC output: the clock must not change
     dvc.lock)."""
+    from stages.training import hardware
     from stages.training.saving import save_lite, save_model
     from stages.training.state import write_history
 
@@ -299,6 +300,7 @@ def write_outputs(
         write_history(fh, state.history)
     write_json(paths.TRAIN_METRICS, final)
     write_json(paths.TIMING_METRICS, timings)
+    write_json(paths.MACHINE_RECORD, hardware.machine_record())
     return timings
 
 

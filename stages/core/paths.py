@@ -59,6 +59,9 @@ def model_config(root: Path = MODEL_DIR) -> Path:
 # Not a DVC output (a run id differs on every run, and dvc.lock must not), so readers check the hash.
 RUN_RECORD = DATA / "train_run.json"
 TIMING_METRICS = METRICS / "timing.json"  # wall times; a DVC metric but no stage's output, so not in dvc.lock
+# What trained the committed model (backend, devices, CPU instruction sets), which the bytes depend on: in
+# git beside dvc.lock, so a fresh clone knows whether it can expect the same bytes. No output either.
+MACHINE_RECORD = METRICS / "machine.json"
 
 
 REPORT_DIR = DATA / "report"

@@ -8,11 +8,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
+from pathlib import Path
 from typing import Any
 
 import keras
 
 log = logging.getLogger(__name__)
+# The CPU features oneDNN and XLA pick kernels by: the same seed gives other bytes where they differ.
+KERNEL_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile")
 
 
 def configure(mixed_precision: bool) -> tuple[str, Any]:
@@ -64,3 +68,27 @@ def describe(gpus: list[str]) -> str:
     if gpus:
         return f"{len(gpus)} x GPU ({', '.join(sorted(set(gpus)))})"
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def machine_record() -> dict[str, Any]:
+    """What the trained bytes depend on beyond code, data and params: the backend and its version, the
+    GPUs, the CPU's architecture and the kernel-relevant instruction sets (Linux; elsewhere none known)."""
+    return {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "gpus": sorted(gpu_names()),
+        "cpu": platform.machine(),
+        "cpu_features": cpu_features(),
+    }
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """KERNEL_FEATURES this CPU has, from the kernel's `flags` line (empty where there is none)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    return [feature for feature in KERNEL_FEATURES if feature in flags]
