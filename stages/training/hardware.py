@@ -72,14 +72,15 @@ def describe(gpus: list[str]) -> str:
 
 def machine_record() -> dict[str, Any]:
     """What the trained bytes depend on beyond code, data and params: the backend and its version, the
-    GPUs, the CPU's architecture and the kernel-relevant instruction sets (Linux; elsewhere none known)."""
+    GPUs, the CPU's architecture and the kernel-relevant instruction sets (Linux; elsewhere none known),
+    and oneDNN's ISA cap where one is set."""
     return {
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
         "gpus": sorted(gpu_names()),
         "cpu": platform.machine(),
         "cpu_features": cpu_features(),
-    }
+    } | ({"onednn_max_cpu_isa": isa} if (isa := os.environ.get("ONEDNN_MAX_CPU_ISA")) else {})
 
 
 def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
