@@ -149,8 +149,8 @@ CODE_CHANGES = {
     ),
     "architecture": (
         "stages/training/architectures.py",
-        "Dropout(0.3)(x)",
-        "Dropout(0.35)(x)",
+        "Dropout(0.1)(x)",  # fast_cnn's, the preset these tests train
+        "Dropout(0.15)(x)",
         "its architecture and code differ",
     ),
 }

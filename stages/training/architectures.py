@@ -105,7 +105,7 @@ def build_fast_cnn(dataset: str = "mnist") -> keras.Model:
     otherwise learn the training set's exact positions and stop near 99.4%. The first layer is a narrow
     5x5 convolution with stride 2, so nothing runs at full resolution but it: on a CPU, full-resolution
     activations (and batch norm over them) cost more than the convolutions that follow. Then two
-    convolutions with batch norm, 64 and 128 filters, and a small dense head."""
+    convolutions with batch norm, 64 and 128 filters, and a small dense head with light dropout."""
 
     def body(x):
         x = layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", interpolation="nearest")(x)
@@ -115,7 +115,7 @@ def build_fast_cnn(dataset: str = "mnist") -> keras.Model:
         x = _conv_bn(x, 128)
         x = layers.Flatten()(x)
         x = layers.Dense(128, activation="relu")(x)
-        return layers.Dropout(0.3)(x)
+        return layers.Dropout(0.1)(x)  # a 4-epoch training needs little: 0.3 ended lower on 1 seed of 3
 
     return _model("fast_cnn", body)
 

@@ -122,11 +122,11 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="fast_cnn",
             summary="shift ±2 px → Conv 32 5×5 stride 2 → Conv-BN 64 → MaxPool → Conv-BN 128 → Dense 128 "
-            "→ Dropout 0.3",
+            "→ Dropout 0.1",
             build=build_fast_cnn,
             optimizer="adam",
             learning_rate=0.003,
-            epochs=6,
+            epochs=4,
             batch_size=128,
             schedule="one_cycle",
             label_smoothing=0.1,
