@@ -131,7 +131,8 @@ def summarise(runs: list[dict], target: float) -> str:
             f"| {preset} | {len(group)} | {reach_text} | {', '.join(finals)} | {spread(total, unit=' s')} |"
         )
     if "cnn" in by_preset:  # the yardstick: the time of one epoch of the cnn tutorial
-        cnn_epoch = statistics.median(row["train_s"] for r in by_preset["cnn"] for row in r["epochs"])
+        cnn_epochs = [row["train_s"] for r in by_preset["cnn"] for row in r["epochs"]]
+        cnn_epoch, cnn_fastest = statistics.median(cnn_epochs), min(cnn_epochs)
         lines.append(f"\ncnn: {cnn_epoch:.1f} s per epoch (median)")
         for preset, group in by_preset.items():
             if preset == "cnn":
@@ -145,7 +146,6 @@ def summarise(runs: list[dict], target: float) -> str:
             # A shared machine has slow phases that halve throughput for whole epochs: the same count
             # again with every epoch at each preset's fastest, so that it says what the work costs.
             fastest = min(row["train_s"] for r in group for row in r["epochs"])
-            cnn_fastest = min(row["train_s"] for r in by_preset["cnn"] for row in r["epochs"])
             needed = [epochs_to(r, target) for r in group]
             undisturbed = [f"{n * fastest / cnn_fastest:.2f}" if n else "never" for n in needed]
             lines.append(
