@@ -1,5 +1,5 @@
-"""evaluate: the trained model on the test split (train only records that split as an MLflow dataset), run
-as mnist-predict and the served model run it: its LiteRT form, which train checked against the Keras model
+"""evaluate: the trained model on the test split (no stage before it reads the test labels), run as
+mnist-predict and the served model run it: its LiteRT form, which package checked against the Keras model
 on this split. So no TensorFlow here.
 
 Writes metrics/eval.json (the DVC metric), the per-class table, the confusion matrix and a grid of the
@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 def load_lite_model() -> LiteModel:
     path = paths.lite_file()
     if not path.exists():
-        raise StageError(f"{path} is missing: rerun `dvc repro train` to rebuild it")
+        raise StageError(f"{path} is missing: rerun `dvc repro package` to rebuild it")
     try:
         return LiteModel(path)
     except (OSError, ValueError, RuntimeError) as exc:  # the interpreter's errors for a damaged file
-        raise StageError(f"{path} is corrupt or unreadable ({exc}): rerun `dvc repro train`") from exc
+        raise StageError(f"{path} is corrupt or unreadable ({exc}): rerun `dvc repro package`") from exc
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ One MLflow run per trained model: created here, its id written into data/train_r
 Every finished epoch is checkpointed with its resume state under data/train_state/, so a killed run,
 rerun with the same settings, architecture, data and code, goes on from its last finished epoch in the
 same MLflow run; checkpoints of any other training are set aside and a new run starts.
-The test split is only recorded here, as the run's test dataset; evaluate is the stage that uses it.
+Training reads no test image: evaluate is the stage that uses the test split, and report records it in
+the run, so a trial of `mnist-tune`, which ends at train, never sees it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ class Job:
     meta: dict[str, Any]
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray] | None
-    test: dict[str, np.ndarray]
     rules: Rules
     device: str
     scope: AbstractContextManager
@@ -118,7 +118,6 @@ def prepare(params: Params) -> Job:
         meta=meta,
         train=load_npz(paths.prepared_split("train"), ("x", "y"), produced_by="preprocess"),
         val=val if len(val["x"]) else None,
-        test=load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess"),
         rules=Rules(
             monitor="val_accuracy" if len(val["x"]) else "accuracy",
             patience=settings.early_stopping_patience,
@@ -199,7 +198,7 @@ def describe_run(job: Job, model: keras.Model, run_id: str, state: ResumeState) 
     lineage.check_no_secrets(pipeline_params)
     lineage.check_no_secrets(logged)
     tags = lineage.lineage_tags(job.meta["content_sha256"], job.device) | {"preset": job.preset.name}
-    splits = {"train": job.train, "val": job.val, "test": job.test}
+    splits = {"train": job.train, "val": job.val}
     saved = kept(state)
     store.retrying(lambda: mlflow.set_tags(tags), "tagging the MLflow run", kept=saved)
     store.retrying(lambda: run.log_datasets(job.meta, splits), "logging the datasets", kept=saved)
@@ -283,46 +282,36 @@ def write_outputs(
     Returns the wall times, which go to metrics/timing.json (not a DVC output: the clock must not change
     dvc.lock)."""
     from stages.training import hardware
-    from stages.training.saving import save_lite, save_model
+    from stages.training.saving import save_model
     from stages.training.state import write_history
 
     timings = {
         "train_time_s": round(sum(row["epoch_time_s"] for row in state.history), 2),
         "fit_time_s": round(fit_s, 2),  # model.fit, callbacks included
     }
-    with atomic_path(paths.MODEL_DIR, directory=True) as staging:
-        save_model(model, paths.model_file(staging))
-        # checked against the Keras model on the whole test set
-        save_lite(model, paths.model_file(staging), paths.lite_file(staging), job.test["x"])
-        write_json(paths.model_config(staging), job.config)
+    with atomic_path(paths.model_file()) as staging:
+        save_model(model, staging)
+    write_json(paths.model_config(), job.config)
     write_json(paths.RUN_RECORD, {"run_id": run_id, "model_sha256": file_digest(paths.model_file())})
     with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:
         write_history(fh, state.history)
     write_json(paths.TRAIN_METRICS, final)
+    write_json(paths.VAL_METRICS, {"val": final["val"]})
     write_json(paths.TIMING_METRICS, timings)
     write_json(paths.MACHINE_RECORD, hardware.machine_record())
     return timings
 
 
 def record(job: Job, run_id: str, state: ResumeState, figures: dict) -> None:
-    """Everything MLflow should hold of the finished training (epochs it missed, final figures, the
-    logged model, the registered version), then the run closed as FINISHED."""
+    """Everything MLflow should hold of the finished training (epochs it missed, final figures), then the
+    run closed as FINISHED. The logged model and its registered version come after, from package and
+    report: a trial of `mnist-tune` ends here, a training and no release."""
     import mlflow
 
     from stages.training import run
 
-    example = np.round(job.test["x"][:2, ..., 0] * 255).astype(np.uint8)  # as a client would send them
-
     def complete() -> None:
-        run.complete(
-            run_id,
-            state.history,
-            figures,
-            paths.model_file(),
-            example,
-            job.meta["class_names"],
-            job.params.train.registered_model,
-        )
+        run.complete(run_id, state.history, figures, paths.model_file())
 
     store.retrying(complete, "recording the trained model in MLflow", kept=kept(state))
     store.retrying(lambda: mlflow.end_run("FINISHED"), "closing the MLflow run", kept=kept(state))

@@ -1,4 +1,4 @@
-"""Run a stage with a kill at an exact moment: `python tests/faults.py POINT stages.train`.
+"""Run a stage with a kill at an exact moment: `python tests/faults.py POINT stages.train` (or another).
 
 The process SIGKILLs itself at POINT, after first tearing the file it was writing in half, which is what
 a kill in the middle of that write leaves on disk. Nothing is mocked: the stage runs its real code, real
@@ -6,7 +6,7 @@ Keras and real MLflow up to that moment.
 
     checkpoint  while writing the checkpoint after epoch 2
     model       while writing data/model/model.keras
-    registered  right after MLflow registered the model version, before the stage finished
+    registered  right after MLflow registered the model version, before the stage finished (report)
 """
 
 from __future__ import annotations

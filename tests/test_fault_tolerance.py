@@ -63,10 +63,8 @@ def versions_of(repo: Path, run_id: str) -> list:
     return client_for(repo).search_model_versions(f"run_id='{run_id}'")
 
 
-def killed_at(repo: Path, point: str) -> subprocess.CompletedProcess:
-    result = run(
-        [sys.executable, FAULTS, point, "stages.train"], repo, check=False, env={"PYTHONPATH": str(repo)}
-    )
+def killed_at(repo: Path, point: str, stage: str = "stages.train") -> subprocess.CompletedProcess:
+    result = run([sys.executable, FAULTS, point, stage], repo, check=False, env={"PYTHONPATH": str(repo)})
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
     return result
 
@@ -259,24 +257,31 @@ def test_a_store_that_cannot_say_whether_the_run_exists_keeps_the_checkpoints(re
 def test_kill_while_writing_the_model_never_exposes_a_partial_file(repo):
     set_params(repo, train={"epochs": 2})
     model_dir = repo / "data" / "model"
-    before = {p.name: digest(p) for p in model_dir.iterdir()}
+
+    def outputs() -> dict[str, str]:
+        return {p.name: digest(p) for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    before = outputs()
     killed_at(repo, "model")
-    assert {p.name: digest(p) for p in model_dir.iterdir()} == before  # the previous model, whole
-    torn = list((repo / "data").glob(".model.*.tmp/model.keras"))
+    assert outputs() == before  # the previous model, whole
+    torn = list(model_dir.glob(".model.keras.*.tmp/model.keras"))
     assert len(torn) == 1  # the torn file exists, under a hidden temporary name no stage reads
 
     rerun = run(["dvc", "repro"], repo)
     output = rerun.stdout + rerun.stderr
     assert "restored the weights after epoch 2" in output and "Epoch 1/2" not in output
-    assert not list((repo / "data").glob(".model.*"))
+    assert not list(model_dir.glob(".model.*"))
     load_model(model_dir / "model.keras")
     assert len(versions_of(repo, run_id_of(repo))) == 1
 
 
 def test_kill_after_registering_the_model_does_not_register_it_twice(repo):
+    """report registers the packaged model; killed right after, its rerun registers nothing more."""
     set_params(repo, train={"epochs": 2})
-    killed_at(repo, "registered")
-    killed_run = (repo / "data" / "train_state" / "run_id").read_text().strip()
+    run(["dvc", "repro", "evaluate"], repo)
+    killed_run = run_id_of(repo)
+    assert versions_of(repo, killed_run) == []  # a training is no release: nothing registered yet
+    killed_at(repo, "registered", "stages.report")
     assert len(versions_of(repo, killed_run)) == 1
 
     run(["dvc", "repro"], repo)
@@ -302,7 +307,7 @@ def _alter(path: Path) -> None:
 
 DAMAGEABLE = [  # (file, the stage that reads it, what that stage says, the stage that makes it)
     ("data/prepared/train.npz", "train", "is corrupt or truncated", "preprocess"),
-    ("data/model/model.tflite", "evaluate", "is corrupt or unreadable", "train"),
+    ("data/model/model.tflite", "evaluate", "is corrupt or unreadable", "package"),
 ]
 
 
@@ -360,7 +365,7 @@ def test_a_store_lost_before_any_epoch_says_no_epoch_had_finished(repo):
 
 def test_a_server_restarted_during_training_gets_a_complete_run(repo, tmp_path):
     """The server goes away after the first epoch and comes back: training carries on, and MLflow ends
-    with every epoch, the params, the model and exactly one registered version."""
+    with every epoch and the params (the logged model and its version are package's and report's)."""
     store = tmp_path / "server"
     store.mkdir()
     port = free_port()
@@ -397,7 +402,7 @@ def test_a_server_restarted_during_training_gets_a_complete_run(repo, tmp_path):
         assert finished.info.status == "FINISHED"
         assert sorted({m.step for m in client.get_metric_history(run_id, "accuracy")}) == list(range(1, 13))
         assert finished.data.params["train.epochs"] == "12" and "final_val_accuracy" in finished.data.metrics
-        assert len(client.search_model_versions(f"run_id='{run_id}'")) == 1, output[-4000:]
+        assert client.search_model_versions(f"run_id='{run_id}'") == []  # report registers, not train
         for value in [*finished.data.params.values(), *finished.data.tags.values()]:
             assert "s3cret" not in value
 

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, user_env
 from imports import GRAPH, PACKAGE, code_of, reachable
 
-STAGES = ["check_params", "download", "preprocess", "train", "evaluate", "report"]
+STAGES = ["check_params", "download", "preprocess", "train", "package", "evaluate", "report"]
 
 
 def test_no_module_imports_a_module_that_imports_it_back():
@@ -98,6 +98,16 @@ def test_dvc_yaml_declares_all_the_code_a_stage_imports(stage):
 def test_the_import_graph_sees_imports_inside_functions():
     """train imports Keras's side inside its functions: the graph must follow them, or the test above
     would pass on a stage that declares too little."""
-    assert {"stages.training.presets", "stages.training.run", "stages.serving.pyfunc"} <= reachable(
-        "stages.train"
+    assert {"stages.training.presets", "stages.training.run"} <= reachable("stages.train")
+    assert {"stages.serving.export", "stages.serving.logged", "stages.serving.pyfunc"} <= reachable(
+        "stages.package"
     )
+
+
+def test_training_imports_no_serving_code():
+    """train is a training, the last stage of a search's trial: packaging the model for serving is the
+    package stage's, so an edit to stages/serving repackages without retraining (dvc.yaml: train does not
+    depend on stages/serving)."""
+    assert not any(module.startswith("stages.serving") for module in reachable("stages.train"))
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    assert not any(dep.startswith("stages/serving") for dep in deps)

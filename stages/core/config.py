@@ -182,7 +182,9 @@ class Choice(_Section):
 
 
 Dimension = Annotated[FloatRange | IntRange | Choice, Field(discriminator="type")]
-TUNABLE_SECTIONS = ("train", "preprocess")  # what a trial may vary: how the model is made, never the data
+TUNABLE_SECTIONS = ("train",)  # what a trial may vary: how the model is made, never the data
+# Sections a trial may not vary because they change the images a trial is scored on (the validation split).
+DATA_SECTIONS = ("seed", "data", "preprocess")
 NOT_TUNABLE = {"train.registered_model"}  # a name in MLflow, not a setting of the training
 
 
@@ -246,8 +248,13 @@ def _dimension_problems(key: str, dimension: FloatRange | IntRange | Choice) -> 
     range, or a value the param itself would refuse (checked at both ends and inside the range)."""
     section_name, _, name = key.partition(".")
     sections = tunable_sections()
+    if section_name in DATA_SECTIONS:
+        return [
+            f"{key!r} changes the data or the validation split: trials would be scored on different images "
+            "and could not be compared. Vary train.<key> only; set the data in params.yaml itself"
+        ]
     if section_name not in sections or not name:
-        return [f"{key!r} is not a param a trial may vary: use train.<key> or preprocess.<key>"]
+        return [f"{key!r} is not a param a trial may vary: use train.<key>"]
     section = sections[section_name]
     if name not in section.model_fields or key in NOT_TUNABLE:
         allowed = [

@@ -33,6 +33,9 @@ def prepared_meta(root: Path = PREPARED) -> Path:
 TRAIN_STATE = DATA / "train_state"  # checkpoints of an unfinished training run; not a DVC output
 MODEL_DIR = DATA / "model"
 TRAIN_METRICS = METRICS / "train.json"
+VAL_METRICS = (
+    METRICS / "val.json"
+)  # train's final validation figures: a DVC metric, what a trial is scored by
 TRAIN_HISTORY = METRICS / "train_history.csv"
 EVAL_METRICS = METRICS / "eval.json"
 PER_CLASS = METRICS / "per_class.csv"
@@ -46,7 +49,7 @@ def model_file(root: Path = MODEL_DIR) -> Path:
 
 
 def lite_file(root: Path = MODEL_DIR) -> Path:
-    """The same model for LiteRT: what mnist-predict, the served model and evaluate run."""
+    """The same model for LiteRT, from package: what mnist-predict, the served model and evaluate run."""
     return root / "model.tflite"
 
 

@@ -1,5 +1,6 @@
 """The MLflow run of a training, from start to finish: created (or resumed after a kill), its params, its
-epochs, its final figures, the model with its signature, and the registered version.
+epochs and its final figures. (The model logged for serving, its evaluation and its registered version are
+added by the stages after train: package and report.)
 
 A tracking store that stops answering mid-training costs nothing: the epochs it missed are sent once it
 answers again (at the end, or by the rerun). Only transient failures are waited for; anything else MLflow
@@ -8,7 +9,6 @@ refuses stops the stage with MLflow's own message.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 import uuid
@@ -22,7 +22,7 @@ import numpy as np
 from stages.core import paths
 from stages.core.errors import StageError
 from stages.core.io import file_digest
-from stages.tracking import lineage, registry, store
+from stages.tracking import lineage, store
 from stages.tracking.queries import MODEL_TAG
 from stages.training import fingerprint
 from stages.training.state import ResumeState, TrainState
@@ -134,8 +134,6 @@ def log_datasets(meta: dict[str, Any], splits: dict[str, dict[str, np.ndarray] |
     dataset whose digest is its file's content hash; logging one again adds nothing."""
     import mlflow
 
-    from stages.core import paths
-
     for split, arrays in splits.items():
         if arrays is not None:
             labels = arrays["label"] if "label" in arrays else arrays["y"].argmax(axis=1)
@@ -177,11 +175,9 @@ def complete(
     history: tuple[dict[str, float], ...],
     final: dict[str, Any],
     model_file: Path,
-    example: np.ndarray,
-    class_names: list[str],
-    registered_name: str,
 ) -> None:
-    """Everything MLflow should hold once training has finished; safe to repeat after a failure."""
+    """Everything MLflow should hold of the training once it has finished (the package stage adds the logged
+    model, report the evaluation and the registered version); safe to repeat after a failure."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -208,65 +204,6 @@ def complete(
     client.set_tag(
         run_id, MODEL_TAG, file_digest(model_file)
     )  # how a clone that pulled the model finds its run
-    if registry.logged_model(run_id) is None:
-        log_model(model_file, example, class_names)
-    registry.register(run_id, registered_name)
-
-
-OUTPUT_SCHEMA = [
-    ("class", "long", False),
-    ("label", "string", False),
-    ("confidence", "double", True),
-    ("probabilities", "array", True),
-    ("warning", "string", False),
-]
-
-
-# What the served model imports (stages/serving/): no TensorFlow, no Keras.
-SERVING_REQUIREMENTS = ("ai-edge-litert", "mlflow", "numpy", "pandas", "pillow")
-
-
-def log_model(model_file: Path, example: np.ndarray, class_names: list[str]) -> str:
-    """Log the active run's MLflow 3 logged model `model`: the LiteRT file behind `DigitClassifier`, which
-    takes every input layout and request format the input rule allows; its output signature; an input
-    example; and the Keras file, the same model for anyone who wants to train on or inspect it. Returns the
-    model's URI.
-
-    The class is pickled by value with the input rule (stages/serving/, which imports nothing else of this
-    project), so the model is served without this project installed. The signature declares no input
-    schema on purpose: MLflow would enforce one layout and refuse the others; our rule checks each input.
-    """
-    import cloudpickle
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
-    from mlflow.types.schema import Array
-
-    from stages.serving import digits, lite, pyfunc
-
-    columns = [
-        ColSpec(Array(DataType.double) if kind == "array" else kind, name, required=required)
-        for name, kind, required in OUTPUT_SCHEMA
-    ]
-    lite_file = paths.lite_file(model_file.parent)  # train saves the two side by side
-    requirements = [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_REQUIREMENTS]
-    for module in (digits, lite, pyfunc):
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        with pyfunc.no_type_hint_warning():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=pyfunc.DigitClassifier(),
-                artifacts={"litert_model": str(lite_file), "keras_model": str(model_file)},
-                model_config={"class_names": class_names},
-                signature=ModelSignature(outputs=Schema(columns)),
-                input_example=example,
-                pip_requirements=requirements,
-            )
-    finally:
-        for module in (digits, lite, pyfunc):
-            cloudpickle.unregister_pickle_by_value(module)
-    return info.model_uri
 
 
 def end_quietly(status: str) -> None:

@@ -4,14 +4,10 @@ is none, and a fresh clone's `dvc repro` reproduces the committed dvc.lock."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
-
-from stages.core.errors import StageError
 
 
 def save_model(model: Any, dest: Path | str) -> None:
@@ -21,9 +17,12 @@ def save_model(model: Any, dest: Path | str) -> None:
     clone's first `dvc repro` would change dvc.lock). So the stamps go, and the shared objects are numbered
     in the order they appear, which keeps which layers share what."""
     dest = Path(dest)
-    model.save(dest)
-    with zipfile.ZipFile(dest) as saved:
-        entries = [(info, saved.read(info)) for info in saved.infolist()]
+    # Keras wants a name ending in .keras; hidden, and named so that the next write clears it if killed
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent) as scratch:
+        saved_file = Path(scratch) / "model.keras"
+        model.save(saved_file)
+        with zipfile.ZipFile(saved_file) as saved:
+            entries = [(info, saved.read(info)) for info in saved.infolist()]
     with zipfile.ZipFile(dest, "w") as fixed:
         for info, data in entries:
             if info.filename == "metadata.json":
@@ -33,70 +32,6 @@ def save_model(model: Any, dest: Path | str) -> None:
             elif info.filename == "config.json":
                 data = json.dumps(_renumbered(json.loads(data), {})).encode()
             fixed.writestr(zipfile.ZipInfo(info.filename, FIXED_ZIP_TIME), data, info.compress_type)
-
-
-def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
-    """Write the model in LiteRT form (TensorFlow's own converter: the same weights give the same bytes),
-    and refuse it unless it answers `images` as the Keras model does (stages/serving/lite.py).
-
-    LiteRT runs float32: a mixed-precision model is converted, and compared, as its float32 twin (the same
-    weights, which mixed precision keeps in float32 anyway). Keras converts to LiteRT from TensorFlow only,
-    so a model trained on another backend is converted from its saved `keras_file`, loaded under
-    TensorFlow in a process of its own."""
-    import keras
-    import numpy as np
-
-    from stages.serving.lite import LiteModel, differences, record_digest
-
-    model = float32_twin(model)
-    if keras.backend.backend() == "tensorflow":
-        model.export(str(dest), format="litert", verbose=False)
-    else:
-        _export_under_tensorflow(keras_file, dest)
-    expected = np.asarray(model.predict(images, batch_size=1000, verbose=0))
-    problem = differences(expected, LiteModel(dest).probabilities(images))
-    if problem:
-        raise StageError(f"the LiteRT conversion of the model is not faithful: {problem}; nothing was saved")
-    record_digest(dest)
-
-
-MIXED_POLICIES = ('"mixed_float16"', '"mixed_bfloat16"')
-
-
-def float32_twin(model: Any) -> Any:
-    """The model itself if it computes in float32 throughout, else the same architecture and weights
-    computing in float32."""
-    import keras
-
-    config = model.to_json()
-    if not any(policy in config for policy in MIXED_POLICIES):
-        return model
-    for policy in MIXED_POLICIES:
-        config = config.replace(policy, '"float32"')
-    twin = keras.models.model_from_json(config)
-    twin.set_weights(model.get_weights())
-    return twin
-
-
-EXPORT_UNDER_TENSORFLOW = """
-import sys, keras
-from stages.training.saving import float32_twin
-model = float32_twin(keras.saving.load_model(sys.argv[1], safe_mode=True))
-model.export(sys.argv[2], format="litert", verbose=False)
-"""
-
-
-def _export_under_tensorflow(keras_file: Path, dest: Path) -> None:
-    command = [sys.executable, "-c", EXPORT_UNDER_TENSORFLOW, str(keras_file), str(dest)]
-    done = subprocess.run(
-        command, env=os.environ | {"KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise StageError(
-            f"converting the model to LiteRT failed ({last}): Keras converts from TensorFlow, so install "
-            "tensorflow beside the backend you train on"
-        )
 
 
 def architecture(model: Any) -> dict[str, Any]:
