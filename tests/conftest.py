@@ -258,7 +258,8 @@ def set_params(repo: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-ALL_STAGES = ["check_params", "download", "preprocess", "train", "package", "evaluate", "report"]  # dvc.yaml's order
+# dvc.yaml's order
+ALL_STAGES = ["check_params", "download", "preprocess", "train", "package", "evaluate", "report"]
 
 
 def up_to_date(repo: Path) -> bool:

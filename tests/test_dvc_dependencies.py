@@ -73,9 +73,10 @@ def code_changes(repo) -> dict[str, set[str]]:
     return found
 
 
+ALL = {"check_params", "download", "preprocess", "train", "package", "evaluate", "report"}
 CODE_EDITS = [
     ("stages/data/npz.py", {"download", "preprocess", "train", "package", "evaluate"}),
-    ("stages/core/io.py", {"check_params", "download", "preprocess", "train", "package", "evaluate", "report"}),
+    ("stages/core/io.py", ALL),
     ("stages/tracking/store.py", {"train", "package", "report"}),
     ("stages/serving/digits.py", {"package"}),  # the served code: repackaged, never retrained
     ("stages/data/sources.py", {"download"}),

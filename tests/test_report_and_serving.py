@@ -47,7 +47,7 @@ def two_runs(tmp_path_factory) -> tuple[Path, str, str]:
     first_id = run_id_of(repo)
     set_params(repo, train={"epochs": 1})
     second = run(["dvc", "repro"], repo)
-    assert ran_stages(second.stdout) == ["check_params", "train", "evaluate", "report"]
+    assert ran_stages(second.stdout) == ["check_params", "train", "package", "evaluate", "report"]
     return repo, first_id, run_id_of(repo)
 
 

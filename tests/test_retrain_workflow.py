@@ -223,7 +223,7 @@ def test_a_dispatch_with_a_worse_preset_registers_it_but_keeps_the_champion(gith
     versions, champion, _, proposal = github.state()
     result = github.retrain("worse-preset", run_id=1005, inputs={"model": WORSE_PRESET})
     _assert_green(result)
-    assert ran_stages(result.step(RETRAIN).log)[-3:] == ["train", "evaluate", "report"]
+    assert ran_stages(result.step(RETRAIN).log)[-4:] == ["train", "package", "evaluate", "report"]
     assert "download" not in ran_stages(result.step(RETRAIN).log)
     assert len(github.versions()) == versions + 1 and github.champion() == champion
     assert "not promoted" in result.summary and "does not beat the champion" in result.summary
@@ -240,7 +240,7 @@ def test_after_a_change_to_main_only_what_changed_is_retrained(github, first, tm
 
     result = github.retrain("changed", run_id=1006)
     _assert_green(result)
-    assert ran_stages(result.step(RETRAIN).log) == ["check_params", "train", "evaluate", "report"]
+    assert ran_stages(result.step(RETRAIN).log) == ["check_params", "train", "package", "evaluate", "report"]
     assert len(github.versions()) == versions + 1
     main = run(["git", "rev-parse", "main"], github.origin).stdout.strip()
     proposal = github.branch("retrain")

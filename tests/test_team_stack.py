@@ -48,7 +48,7 @@ def test_without_credentials_the_server_refuses_the_pipeline_and_says_what_to_se
 def trained(team):
     _, repo, member, _ = team
     result = run(["dvc", "repro"], repo, env=member)
-    assert ran_stages(result.stdout)[-3:] == ALL_STAGES[-3:]  # train, evaluate, report
+    assert ran_stages(result.stdout)[-4:] == ALL_STAGES[-4:]  # train, package, evaluate, report
     return result
 
 

@@ -235,9 +235,10 @@ def test_a_model_pulled_without_its_run_record_finds_its_run_by_hash(trained, tm
 
 
 def test_a_new_training_of_the_same_bytes_gets_a_complete_run_and_a_second_repro_runs_nothing(trained):
-    """Edited training code that trains the same model: train makes a new MLflow run, evaluate is skipped
-    (its inputs are the same bytes), and report, which metrics/train.json tells what train was made from,
-    records the known evaluation into the new run. Then nothing is left to run."""
+    """Edited training code that trains the same model: train makes a new MLflow run, package logs the
+    same bytes' model into it, evaluate is skipped (its inputs are the same bytes), and report, which
+    metrics/train.json tells what train was made from, records the known evaluation into the new run.
+    Then nothing is left to run."""
     client = client_for(trained)
     before = run_id_of(trained)
     train_py = trained / "stages" / "train.py"
@@ -245,7 +246,7 @@ def test_a_new_training_of_the_same_bytes_gets_a_complete_run_and_a_second_repro
     train_py.write_text(code + "\n# an edit that changes nothing the model is made of\n")
     try:
         result = run(["dvc", "repro"], trained)
-        assert ran_stages(result.stdout) == ["train", "report"]
+        assert ran_stages(result.stdout) == ["train", "package", "report"]
         new = run_id_of(trained)
         assert new != before
         evaluation = json.loads((trained / "metrics" / "eval.json").read_text())["test"]

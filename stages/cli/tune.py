@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's outcome is logged here, once
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is logged here, once
     storage = study.open_storage(url, on_stale=StaleTrials())
     found, prefix = study.open_study(params.tune, url, storage, worker_name)
     parent = tracking.study_run(store.connect(), params.tune)
