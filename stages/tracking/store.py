@@ -10,6 +10,7 @@ that readers (the UI, `dvc exp show`) never block a writer.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -93,6 +94,25 @@ def _prepare_sqlite(uri: str) -> None:
         raise StageError(f"cannot open the MLflow store {db}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def file_lock(uri: str) -> Iterator[None]:
+    """For a `sqlite:///` store, hold `<file>-lock` while inside: a new store's tables are created by its
+    first user, and processes starting at once (the workers of one study) would each create them, all but
+    one failing. Any other store creates its own tables once (a server) or takes care of it (PostgreSQL:
+    see stages/tuning/study.py)."""
+    db = sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with db.with_name(f"{db.name}-lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def connect(experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store, prove it answers (within seconds), and return the experiment id.
 
@@ -111,11 +131,13 @@ def connect(experiment: str = EXPERIMENT) -> str:
         # MLflow prints "View run ... at <tracking URI>" when a run ends, password and all
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         log.info("tracking to %s", redact(uri))
-    _prepare_sqlite(uri)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
+    client = None
     try:
-        found = client.get_experiment_by_name(experiment)
+        with file_lock(uri):  # the first client creates the store's tables
+            _prepare_sqlite(uri)
+            client = mlflow.MlflowClient()
+            found = client.get_experiment_by_name(experiment)
         if found is not None:
             if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older version, or by hand
                 client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
@@ -125,8 +147,10 @@ def connect(experiment: str = EXPERIMENT) -> str:
             artifact_location=artifact_root(uri, experiment),
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
         )
+    except StageError:
+        raise
     except Exception as exc:  # MLflow raises many kinds (MlflowException, requests', sqlalchemy's)
-        if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
+        if client is not None and type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
             return client.get_experiment_by_name(experiment).experiment_id  # created concurrently
         if (status := http_status(exc)) in (401, 403):
             raise StageError(_refused(uri, status, experiment)) from exc

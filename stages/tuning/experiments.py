@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 LOG_DIR = Path("data") / "tune"  # each trial's `dvc exp run` output: data/tune/<study>/<experiment>.log
 LOG_TAIL_LINES = 15
 LAST_STAGE = "train"  # a trial's experiment ends here; adopting it runs the rest (`dvc repro`)
+DVC_LOCKED = "Unable to acquire lock"  # DVC's message when another DVC process holds the repository
+LOCK_ATTEMPTS = 5
 
 
 def yaml_scalar(value: Any) -> str:
@@ -34,25 +38,35 @@ def run_experiment(
     root: Path, study: str, name: str, values: dict[str, Any], environment: dict[str, str]
 ) -> tuple[int, Path]:
     """`dvc exp run --temp` up to train (the workspace is left alone, so trials can run side by side), its
-    output in the trial's log file. Its exit status and that file."""
+    output in the trial's log file. Its exit status and that file.
+
+    Trials that start together in one repository (`-j`, or workers sharing a clone) contend for DVC's
+    repository lock while each copies the workspace, and DVC gives up after a few seconds: such a run did
+    nothing, so it is started again after a pause of random length, a few times."""
     log_path = root / LOG_DIR / study / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = ["dvc", "exp", "run", "--temp", "--name", name]
     for key, value in values.items():
         command += ["--set-param", f"{key}={yaml_scalar(value)}"]
     command.append(LAST_STAGE)
-    with log_path.open("w", encoding="utf-8") as output:
-        output.write(" ".join(command) + "\n")
-        output.flush()
-        finished = subprocess.run(
-            command,
-            cwd=root,
-            env=os.environ | environment,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+    for attempt in range(LOCK_ATTEMPTS):
+        with log_path.open("w", encoding="utf-8") as output:
+            output.write(" ".join(command) + "\n")
+            output.flush()
+            finished = subprocess.run(
+                command,
+                cwd=root,
+                env=os.environ | environment,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        said = log_path.read_text(encoding="utf-8", errors="replace")
+        if finished.returncode == 0 or DVC_LOCKED not in said:
+            break
+        log.info("trial %s: DVC's repository lock is taken; starting again (attempt %d)", name, attempt + 2)
+        time.sleep(random.uniform(1, 4))
     return finished.returncode, log_path
 
 

@@ -65,13 +65,16 @@ def storage_errors(url: str) -> Iterator[None]:
 
         if not isinstance(exc, optuna.exceptions.StorageInternalError):
             raise
-        raise StageError(f"the study's storage {store.redact(url)} refused: {store.describe(exc)}") from exc
+        cause = store.describe(exc.__cause__) if exc.__cause__ is not None else store.describe(exc)
+        log.debug("the storage refused", exc_info=exc)
+        raise StageError(f"the study's storage {store.redact(url)} refused: {cause}") from exc
 
 
 def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.RDBStorage:
     """The storage, with heartbeats. Workers starting at once on an empty database all create Optuna's
-    tables; every loser of that race (a duplicate type or table, a duplicate version row) waits a moment and
-    opens the tables the winner made. Anything else, an unreachable server first, fails at once."""
+    tables: on a sqlite file they take turns; on a server every loser of that race (a duplicate type or
+    table, a duplicate version row) waits a moment and opens the tables the winner made. Anything else, an
+    unreachable server first, fails at once."""
     import optuna
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
@@ -79,7 +82,7 @@ def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.
     beat = heartbeat_s()
     for attempt in range(CREATE_ATTEMPTS):
         try:
-            with storage_errors(url):
+            with storage_errors(url), store.file_lock(url):
                 try:
                     return optuna_storage(
                         url,

@@ -16,6 +16,7 @@ the budget is taken. What Optuna leaves to its user is done here, once:
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import warnings
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SURPLUS_ATTR = "surplus"  # on a trial refused because the budget was taken: it ran nothing
 EXPERIMENT_ATTR = "experiment"
+STORAGE_REFUSALS = 5  # refused storage calls in a row before a worker gives up
 
 
 class TrialFailedError(StageError):
@@ -88,6 +90,7 @@ class Worker:
     prefix: str
     parent_run_id: str
     jobs: int = 1
+    storage_refusals: int = 0
     ran: list[str] = field(default_factory=list)
     study_run_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -97,8 +100,9 @@ class Worker:
 
         waiting_since = None
         while True:
-            self.tidy()
-            tally = Tally.of(self.study.get_trials(deepcopy=False))
+            tally = self.tally()
+            if tally is None:
+                continue
             if tally.done >= self.tune.trials:
                 break
             room = self.tune.trials - tally.done - tally.running
@@ -125,6 +129,26 @@ class Worker:
                 callbacks=[MaxTrialsCallback(self.tune.trials, states=counted_states()), self.after_trial],
                 gc_after_trial=False,
             )
+
+    def tally(self) -> Tally | None:
+        """The study's count once dead workers' trials are failed (`tidy`), or None after a refusal by the
+        storage that a moment's wait may cure: workers finishing trials at once on a server have made its
+        commits fail (seen once among four on PostgreSQL). Several in a row stop the worker."""
+        import optuna
+
+        try:
+            self.tidy()
+            tally = Tally.of(self.study.get_trials(deepcopy=False))
+        except optuna.exceptions.StorageInternalError as exc:
+            self.storage_refusals += 1
+            if self.storage_refusals >= STORAGE_REFUSALS:
+                raise
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            log.warning("the study's storage refused (%s); trying again", store.describe(cause))
+            time.sleep(random.uniform(1, 3))
+            return None
+        self.storage_refusals = 0
+        return tally
 
     def tidy(self) -> None:
         """Fail the trials of dead workers (Optuna's heartbeat check: their params are queued again), and
