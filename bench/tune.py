@@ -26,6 +26,7 @@ import yaml
 from harness import ROOT, scratch_copy, spread
 
 SPACE = {"train.learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}}
+PIPELINE = ("check_params", "download", "preprocess", "train", "package", "evaluate", "report")
 SMALL = {"preprocess": {"val_size": 500, "limit": 2000}, "train": {"model": "fast_cnn", "epochs": 1}}
 
 
@@ -50,10 +51,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def trials_of(entries: list[dict]) -> list[list[dict]]:
-    """The stage timings, one list per trial: each trial's `dvc exp run` starts with check_params."""
+    """The stage timings, one list per trial: each trial's `dvc exp run` starts with check_params (577eaf8:
+    the whole pipeline) or train (today: train alone)."""
     grouped: list[list[dict]] = []
-    for entry in entries:
-        if entry["stage"] == "check_params" or not grouped:
+    for entry in (e for e in entries if e["stage"] in PIPELINE):  # not mnist-tune's own
+        after_check = bool(grouped) and grouped[-1][-1]["stage"] == "check_params"
+        if entry["stage"] == "check_params" or (entry["stage"] == "train" and not after_check) or not grouped:
             grouped.append([])
         grouped[-1].append(entry)
     return grouped

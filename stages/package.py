@@ -2,7 +2,8 @@
 
 Converts data/model/model.keras to LiteRT (data/model/model.tflite and its .sha256), refused unless it answers
 the test images as the Keras model does, and logs the MLflow model of the training run: the LiteRT file
-behind the served code (stages/serving/), its signature and an input example. report then registers it.
+behind the served code (stages/serving/), its signature and an input example, again whenever what it
+serves changes. data/model/served.json names what it serves; report, which depends on it, registers it.
 
 A stage of its own so that an edit to the serving code repackages the same weights, without retraining
 or touching train's checkpoints. It reruns after every training, since metrics/train.json names what train
@@ -16,13 +17,13 @@ import logging
 import numpy as np
 
 from stages.core import paths, timing
-from stages.core.io import atomic_path, load_json, load_model
+from stages.core.io import load_json, load_model, write_json
 from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.serving.export import save_lite
 from stages.serving.lite import record_digest
-from stages.serving.logged import log_model
-from stages.tracking import queries, registry, store
+from stages.serving.logged import current_model, log_model, serving_digest
+from stages.tracking import queries, store
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +34,23 @@ def main() -> None:
     model = load_model(paths.model_file())
     timing.lap("load data")
 
-    with atomic_path(paths.lite_file()) as staging:
-        save_lite(model, paths.model_file(), staging, images)
+    save_lite(model, paths.model_file(), paths.lite_file(), images)
     record_digest(paths.lite_file())
     timing.lap("save outputs")
 
     store.connect()
     run_id = queries.model_run_id()
-    if registry.logged_model(run_id) is None:
+    digest = serving_digest(paths.lite_file(), paths.model_file())
+    if current_model(run_id, digest) is None:
         example = np.round(images[:2, ..., 0] * 255).astype(np.uint8)  # as a client would send them
         store.retrying(
-            lambda: log_model(run_id, paths.model_file(), example, class_names),
+            lambda: log_model(run_id, paths.model_file(), example, class_names, digest),
             "logging the model in MLflow",
         )
         log.info("logged the served model in MLflow run %s", run_id)
     timing.lap("mlflow")
+    # what report registers: it reruns when this changes (a new model, or new serving code)
+    write_json(paths.SERVED_RECORD, {"serving_sha256": digest})
 
 
 if __name__ == "__main__":

@@ -289,8 +289,7 @@ def write_outputs(
         "train_time_s": round(sum(row["epoch_time_s"] for row in state.history), 2),
         "fit_time_s": round(fit_s, 2),  # model.fit, callbacks included
     }
-    with atomic_path(paths.model_file()) as staging:
-        save_model(model, staging)
+    save_model(model, paths.model_file())
     write_json(paths.model_config(), job.config)
     write_json(paths.RUN_RECORD, {"run_id": run_id, "model_sha256": file_digest(paths.model_file())})
     with atomic_path(paths.TRAIN_HISTORY) as tmp, tmp.open("w", newline="") as fh:

@@ -290,6 +290,21 @@ def test_kill_after_registering_the_model_does_not_register_it_twice(repo):
     assert client_for(repo).get_run(killed_run).info.status == "FINISHED"
 
 
+def test_an_edit_to_the_serving_code_repackages_and_registers_without_retraining(repo):
+    """The served model's code changes: package logs the same weights again with it, report registers that
+    model, and train (its model, its run, its checkpoints) is left alone."""
+    model = repo / "data" / "model" / "model.keras"
+    model_before, run_before = digest(model), run_id_of(repo)
+    versions_before = versions_of(repo, run_before)
+    pyfunc = repo / "stages" / "serving" / "pyfunc.py"
+    pyfunc.write_text(pyfunc.read_text() + "\n# an edit to the served code\n")
+    result = run(["dvc", "repro"], repo)
+    assert ran_stages(result.stdout) == ["package", "report"], result.stdout
+    assert digest(model) == model_before and run_id_of(repo) == run_before
+    assert len(versions_of(repo, run_before)) == len(versions_before) + 1
+    assert up_to_date(repo)
+
+
 # ------------------------------------------------------------------------------------------ corrupted files
 
 

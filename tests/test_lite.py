@@ -76,6 +76,12 @@ def test_a_near_tie_may_flip_its_class_but_a_real_disagreement_may_not():
     pushed[0, :2] = [0.5 - 2 * TOLERANCE, 0.5 - 1 * TOLERANCE]  # a flip across a real margin
     refused = differences(apart, pushed)
     assert refused is not None and "1 of 2 classes differ beyond a near-tie" in refused
+    # every probability within the tolerance, but the flip crosses a margin wider than it: refused
+    wide = np.array([[0.5, 0.5 - 1.5 * TOLERANCE, 1.5 * TOLERANCE], [0.1, 0.9, 0.0]])
+    close = wide.copy()
+    close[0, :2] = [0.5 - 0.8 * TOLERANCE, 0.5 - 0.7 * TOLERANCE]
+    assert np.abs(close - wide).max() <= TOLERANCE and close[0].argmax() != wide[0].argmax()
+    assert "1 of 2 classes differ beyond a near-tie" in (differences(wide, close) or "")
 
 
 def test_a_model_that_litert_answers_differently_is_refused(tmp_path):

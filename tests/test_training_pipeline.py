@@ -333,7 +333,7 @@ def test_killed_training_resumes_from_its_last_finished_epoch(trained):
     killed_run = (state / "run_id").read_text().strip()
     # the killed run never touched the previous model, and left no partial file where a stage would look
     assert (trained / "data" / "model" / "model.keras").read_bytes() == previous_model
-    assert not [p for p in (trained / "data").iterdir() if p.name.startswith(".model")]
+    assert not [p for p in (trained / "data" / "model").iterdir() if p.name.startswith(".model")]
 
     rerun = run(["dvc", "repro", "train"], trained)
     output = rerun.stdout + rerun.stderr

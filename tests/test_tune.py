@@ -218,6 +218,9 @@ def test_a_resumed_study_suggests_new_points_and_an_error_stops_the_worker(tmp_p
     repo = _tuned_repository(tmp_path / "repo", "resumed", trials=1, space=space, pruner=None)
     set_params(repo, train={"epochs": 1})
     run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "one epoch"], repo)
+    refused = run(["mnist-tune"], repo, check=False)  # trials train on the workspace's prepared data
+    assert refused.returncode == 1 and "run `dvc repro preprocess`" in refused.stderr, refused.stderr
+    run(["dvc", "repro", "preprocess"], repo)
     run(["mnist-tune"], repo)
     set_params(repo, tune={"trials": 2})
     run(["mnist-tune"], repo)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -79,11 +80,12 @@ def test_workers_started_at_once_share_one_budget_and_outlive_a_killed_one(tmp_p
         set_params(repo, tune={"trials": 5})
         lost = _worker(repo, "lost", storage, tmp_path / "lost.log")
         deadline = time.monotonic() + 300
-        while "trial 4 (" not in (tmp_path / "lost.log").read_text() or not list(
+        while not (started := re.search(r"trial (\d+) \(", (tmp_path / "lost.log").read_text())) or not list(
             (repo / ".dvc" / "tmp" / "exps" / "standalone").glob("tmp*")
         ):
             assert lost.poll() is None and time.monotonic() < deadline, (tmp_path / "lost.log").read_text()
             time.sleep(0.5)
+        number = int(started.group(1))
         time.sleep(3)  # training under way
         os.killpg(lost.pid, signal.SIGKILL)
         lost.wait()
@@ -96,10 +98,10 @@ def test_workers_started_at_once_share_one_budget_and_outlive_a_killed_one(tmp_p
         )
         trials = optuna.load_study(study_name="team", storage=storage).get_trials()
         by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
-        dead = trials[4]
+        dead = trials[number]
         assert dead.state == TrialState.FAIL and not dead.user_attrs.get("surplus"), alone.stderr
-        (retried,) = [t for t in by_state[TrialState.COMPLETE] if t.number > 4]
-        assert retried.params == dead.params and "trial 4's again" in alone.stderr
+        (retried,) = [t for t in by_state[TrialState.COMPLETE] if t.number > number]
+        assert retried.params == dead.params and f"trial {number}'s again" in alone.stderr
         assert len(by_state[TrialState.COMPLETE]) == 5
         assert _ghosts(repo) == [], alone.stderr
         names = sorted(t.user_attrs["experiment"] for t in by_state[TrialState.COMPLETE])

@@ -106,6 +106,7 @@ def _kill_a_worker_mid_trial(root: Path, origin: Path, server, env: dict[str, st
     """A worker on another machine, lost while its first trial trains."""
     machine = root / "lost-machine"
     run(["git", "clone", "-q", str(origin), str(machine)], root)
+    run(["dvc", "pull"], machine, env=server.s3.env)  # main's data and model, as a runner pulls them
     with (root / "lost-machine.log").open("w") as log:
         worker = subprocess.Popen(
             ["mnist-tune", "--worker", "lost"],

@@ -19,7 +19,7 @@ from stages.core.errors import ConfigError
 from stages.core.runner import run_stage
 from stages.tracking import store
 from stages.tracking.trial import STORAGE_ENV
-from stages.tuning import study, tracking
+from stages.tuning import experiments, study, tracking
 from stages.tuning.best import describe_best
 from stages.tuning.worker import StaleTrials, Worker
 
@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is logged here, once
     storage = study.open_storage(url, on_stale=StaleTrials())
-    found, prefix = study.open_study(params.tune, url, storage, worker_name)
-    parent = tracking.study_run(store.connect(), params.tune)
+    experiments.check_data(root)
+    found, prefix = study.open_study(params.tune, url, storage, worker_name, root)
+    experiment_id = store.connect()
+    parent = store.retrying(
+        lambda: tracking.study_run(experiment_id, params.tune), "finding or starting the study's MLflow run"
+    )
     worker = Worker(root, params.tune, url, storage, found, prefix, parent, jobs=args.jobs)
     with study.storage_errors(url):
         worker.work()

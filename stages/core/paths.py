@@ -53,6 +53,11 @@ def lite_file(root: Path = MODEL_DIR) -> Path:
     return root / "model.tflite"
 
 
+# What the run's logged model serves (a digest of the model files and the serving code), from package: an
+# uncached output, so DVC never restores package from its run cache, skipping the logging it does.
+SERVED_RECORD = MODEL_DIR / "served.json"
+
+
 def model_config(root: Path = MODEL_DIR) -> Path:
     """JSON with the effective settings the model was trained with (preset, optimizer, seed, data...)."""
     return root / "config.json"

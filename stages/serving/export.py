@@ -7,6 +7,7 @@ as the Keras model does (stages/serving/lite.py says how closely): training itse
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from stages.core.errors import StageError
+from stages.core.io import atomic_path
 
 
 def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
     """Write the model in LiteRT form (TensorFlow's own converter: the same weights give the same bytes),
-    and refuse it unless it answers `images` as the Keras model does (stages/serving/lite.py). The caller
-    records its digest (`lite.record_digest`) once it is in place.
+    and refuse it unless it answers `images` as the Keras model does (stages/serving/lite.py). Written
+    atomically; the caller records its digest (`lite.record_digest`) once it is in place.
 
     LiteRT runs float32: a mixed-precision model is converted, and compared, as its float32 twin (the same
     weights, which mixed precision keeps in float32 anyway). Keras converts to LiteRT from TensorFlow only,
@@ -31,19 +33,26 @@ def save_lite(model: Any, keras_file: Path, dest: Path, images: Any) -> None:
     from stages.serving.lite import LiteModel, differences
 
     model = float32_twin(model)
-    with tempfile.TemporaryDirectory(dir=Path(dest).parent) as scratch:  # Keras wants a `.tflite` name
-        exported = Path(scratch) / "model.tflite"
-        if keras.backend.backend() == "tensorflow":
-            model.export(str(exported), format="litert", verbose=False)
-        else:
-            _export_under_tensorflow(keras_file, exported)
-        expected = np.asarray(model.predict(images, batch_size=1000, verbose=0))
-        problem = differences(expected, LiteModel(exported).probabilities(images))
-        if problem:
-            raise StageError(
-                f"the LiteRT conversion of the model is not faithful: {problem}; nothing was saved"
-            )
-        exported.replace(dest)
+    dest = Path(dest)
+    with atomic_path(dest) as staging:
+        # Keras wants a `.tflite` name: a hidden scratch folder, named as `atomic_path` names its temporary
+        # files, so the next write clears one a kill left behind (made once atomic_path has cleared them)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            exported = scratch / "model.tflite"
+            if keras.backend.backend() == "tensorflow":
+                model.export(str(exported), format="litert", verbose=False)
+            else:
+                _export_under_tensorflow(keras_file, exported)
+            expected = np.asarray(model.predict(images, batch_size=1000, verbose=0))
+            problem = differences(expected, LiteModel(exported).probabilities(images))
+            if problem:
+                raise StageError(
+                    f"the LiteRT conversion of the model is not faithful: {problem}; nothing was saved"
+                )
+            exported.replace(staging)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 MIXED_POLICIES = ('"mixed_float16"', '"mixed_bfloat16"')

@@ -14,6 +14,7 @@ each logged model.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -24,7 +25,7 @@ BATCH = 1000  # images per call into the interpreter for large inputs: larger ba
 
 
 def digest_file(model: Path | str) -> Path:
-    """The SHA-256 train records beside the model, in `sha256sum` form: a flatbuffer carries no checksum
+    """The SHA-256 package records beside the model, in `sha256sum` form: a flatbuffer carries no checksum
     of its own, so a damaged `.tflite` could otherwise load and answer wrongly."""
     model = Path(model)
     return model.with_name(model.name + ".sha256")
@@ -36,8 +37,12 @@ def _sha256(path: Path) -> str:
 
 
 def record_digest(model: Path | str) -> None:
+    """Write the digest beside the model, atomically (a temporary name, then renamed)."""
     model = Path(model)
-    digest_file(model).write_text(f"{_sha256(model)}  {model.name}\n")
+    record = digest_file(model)
+    staging = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    staging.write_text(f"{_sha256(model)}  {model.name}\n")
+    staging.replace(record)
 
 
 def verify_digest(model: Path) -> None:

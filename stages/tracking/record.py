@@ -1,5 +1,6 @@
-"""What the report stage records in a training run once the pipeline has finished: the evaluation,
-linked to the run's logged model and its test dataset, and the report. Safe to repeat: a run may be
+"""What the report stage records in a training run once the pipeline has finished: the test split as its
+`testing` dataset (train reads no test image), the evaluation, linked to the run's logged model and that
+dataset, and the report. Safe to repeat: a run may be
 completed again (report rerun by hand, or after a failure), and a new run often gets the evaluation of
 model bytes that an earlier run already had (DVC skips an evaluate whose inputs did not change)."""
 
@@ -24,9 +25,20 @@ def evaluation(
     """The test figures (linked to the logged model and the test dataset, so MLflow's Models view shows
     them), one figure per class and metric, the evaluation files, and the per-class table."""
     import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from stages.tracking import lineage
 
     client = mlflow.MlflowClient()
-    logged = client.get_run(run_id).data.metrics
+    run = client.get_run(run_id)
+    inputs = run.inputs.dataset_inputs
+    contexts = {tag.value for i in inputs for tag in i.tags if tag.key == MLFLOW_DATASET_CONTEXT}
+    testing = lineage.SPLIT_CONTEXTS["test"]
+    if testing not in contexts:  # train reads no test image: the split is recorded here
+        tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value=testing)]
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
+    logged = run.data.metrics
     headline = {f"test_{k}": float(v) for k, v in test.items()}
     if any(logged.get(key) != value for key, value in headline.items()):  # not already recorded
         mlflow.log_metrics(headline, run_id=run_id, model_id=model_id, dataset=dataset)

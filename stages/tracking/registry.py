@@ -1,5 +1,5 @@
-"""The model registry: one version per training run, whatever name it is registered under, pointing at
-the run's MLflow 3 logged model."""
+"""The model registry: one version per logged model of a training run (one, unless its serving code
+changed), whatever name it is registered under, pointing at the run's MLflow 3 logged model."""
 
 from __future__ import annotations
 
@@ -28,19 +28,21 @@ def logged_model(run_id: str) -> Any | None:
 
 
 def register(run_id: str, name: str) -> str:
-    """Register the run's logged model under `name`, once: a rerun (or a renamed `train.registered_model`,
-    which the report stage applies) adds no duplicate. Returns the version."""
+    """Register the run's newest logged model under `name`, once: a rerun (or a renamed
+    `train.registered_model`, which the report stage applies) adds no duplicate; a model logged again for
+    new serving code gets a version of its own. Returns the version."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if existing:
-        return max(existing, key=lambda v: int(v.version)).version
     model = logged_model(run_id)
     if model is None:
         raise StageError(
-            f"the MLflow run {run_id} has no logged model to register; rerun `dvc repro --force train`"
+            f"the MLflow run {run_id} has no logged model to register; rerun `dvc repro --force package`"
         )
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    same = [v for v in existing if v.model_id == model.model_id]
+    if same:
+        return max(same, key=lambda v: int(v.version)).version
     with store.no_http_retries():  # a create call: a lost answer is found by the lookup above next time
         version = mlflow.register_model(model.model_uri, name, tags={"run_id": run_id})
     log.info("registered %s version %s", name, version.version)

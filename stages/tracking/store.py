@@ -113,6 +113,23 @@ def file_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def reopened(run_id: str) -> Iterator[None]:
+    """The ended run `run_id` as MLflow's active run, for the calls that log to the active run only (a
+    logged model, a dataset with its context), then ended again as it was: the same status and end time,
+    whatever happens inside (a training that finished stays FINISHED, so its model is still found by hash)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    before = client.get_run(run_id).info
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()
+        client.set_terminated(run_id, before.status, end_time=before.end_time)
+
+
 def connect(experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store, prove it answers (within seconds), and return the experiment id.
 

@@ -9,20 +9,29 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from stages.core.io import atomic_path
+
 
 def save_model(model: Any, dest: Path | str) -> None:
     """Save a Keras model so that the same weights give the same bytes. Keras stamps the time of saving
     into metadata.json and the weights' zip entry, and numbers objects that layers share (their dtype
     policy) by their memory address in config.json; DVC would see a new model on every run (and a fresh
     clone's first `dvc repro` would change dvc.lock). So the stamps go, and the shared objects are numbered
-    in the order they appear, which keeps which layers share what."""
+    in the order they appear, which keeps which layers share what.
+
+    Written atomically: Keras saves into a hidden scratch folder beside `dest` (it wants a `.keras` name),
+    named as `atomic_path` names its temporary files, so the next write clears one a kill left behind."""
     dest = Path(dest)
-    # Keras wants a name ending in .keras; hidden, and named so that the next write clears it if killed
-    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent) as scratch:
-        saved_file = Path(scratch) / "model.keras"
-        model.save(saved_file)
-        with zipfile.ZipFile(saved_file) as saved:
-            entries = [(info, saved.read(info)) for info in saved.infolist()]
+    with atomic_path(dest) as staging:
+        with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent) as scratch:
+            saved_file = Path(scratch) / "model.keras"
+            model.save(saved_file)
+            with zipfile.ZipFile(saved_file) as saved:
+                entries = [(info, saved.read(info)) for info in saved.infolist()]
+        _write_fixed(entries, staging)
+
+
+def _write_fixed(entries: list, dest: Path) -> None:
     with zipfile.ZipFile(dest, "w") as fixed:
         for info, data in entries:
             if info.filename == "metadata.json":

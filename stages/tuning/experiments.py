@@ -1,29 +1,29 @@
-"""A trial as DVC runs it: `dvc exp run --temp` of the pipeline up to train (a training, not a release: no
-test set, no report, no model version), its validation figures, and what a trial whose worker died leaves
-behind in this repository."""
+"""A trial as DVC runs it: `dvc exp run --temp` of train (a training, not a release: no test set, no report,
+no model version) on the workspace's prepared data, its validation figures, and what a trial whose worker
+died leaves behind in this repository."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import random
 import shutil
 import subprocess
-import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from stages.core import paths
+from stages.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
 LOG_DIR = Path("data") / "tune"  # each trial's `dvc exp run` output: data/tune/<study>/<experiment>.log
 LOG_TAIL_LINES = 15
 LAST_STAGE = "train"  # a trial's experiment ends here; adopting it runs the rest (`dvc repro`)
-DVC_LOCKED = "Unable to acquire lock"  # DVC's message when another DVC process holds the repository
-LOCK_ATTEMPTS = 5
+# The stage whose outputs every trial trains on, done once in the workspace: its own status covers the data
+# (data/raw is its dependency, data.dataset one of its params) without download's ordering-only marker.
+DATA_STAGES = ("preprocess",)
 
 
 def yaml_scalar(value: Any) -> str:
@@ -37,37 +37,60 @@ def yaml_scalar(value: Any) -> str:
 def run_experiment(
     root: Path, study: str, name: str, values: dict[str, Any], environment: dict[str, str]
 ) -> tuple[int, Path]:
-    """`dvc exp run --temp` up to train (the workspace is left alone, so trials can run side by side), its
-    output in the trial's log file. Its exit status and that file.
-
-    Trials that start together in one repository (`-j`, or workers sharing a clone) contend for DVC's
-    repository lock while each copies the workspace, and DVC gives up after a few seconds: such a run did
-    nothing, so it is started again after a pause of random length, a few times."""
+    """`dvc exp run --temp` of train alone (`--single-item`: `check_data` has found the data stages up to
+    date, and a trial varies train.* only), in a copy of the workspace, so that trials run side by side;
+    DVC waits for its repository lock rather than failing while another trial takes it. Its output goes to
+    the trial's log file. Its exit status and that file."""
     log_path = root / LOG_DIR / study / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = ["dvc", "exp", "run", "--temp", "--name", name]
+    command = ["dvc", "--wait-for-lock", "exp", "run", "--temp", "--name", name, "--single-item"]
     for key, value in values.items():
         command += ["--set-param", f"{key}={yaml_scalar(value)}"]
     command.append(LAST_STAGE)
-    for attempt in range(LOCK_ATTEMPTS):
-        with log_path.open("w", encoding="utf-8") as output:
-            output.write(" ".join(command) + "\n")
-            output.flush()
-            finished = subprocess.run(
-                command,
-                cwd=root,
-                env=os.environ | environment,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        said = log_path.read_text(encoding="utf-8", errors="replace")
-        if finished.returncode == 0 or DVC_LOCKED not in said:
-            break
-        log.info("trial %s: DVC's repository lock is taken; starting again (attempt %d)", name, attempt + 2)
-        time.sleep(random.uniform(1, 4))
+    with log_path.open("w", encoding="utf-8") as output:
+        output.write(" ".join(command) + "\n")
+        output.flush()
+        finished = subprocess.run(
+            command,
+            cwd=root,
+            env=os.environ | environment,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     return finished.returncode, log_path
+
+
+def check_data(root: Path) -> None:
+    """Refuse to start unless the data stages are up to date in this workspace: every trial trains on its
+    prepared data (the same validation images for all), without rerunning those stages."""
+    done = subprocess.run(
+        ["dvc", "--wait-for-lock", "status", *DATA_STAGES, "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        changed = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        changed = None
+    if changed is None:
+        reason = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise StageError(f"`dvc status {' '.join(DATA_STAGES)}` failed ({reason}): run it to see why")
+    if changed:
+        raise StageError(
+            f"the data stages are not up to date here ({', '.join(sorted(changed))}), and every trial trains "
+            "on this workspace's prepared data: run `dvc repro preprocess` (or `dvc pull`) first"
+        )
+
+
+def failure_reason(log_path: Path) -> str:
+    """The last error line of a trial's log (a stage's `error: ...`, or DVC's `ERROR: ...`)."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = [line.strip() for line in lines if line.lstrip().lower().startswith("error:")]
+    return errors[-1] if errors else "no error line"
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -83,11 +106,16 @@ def validation_figures(root: Path, name: str) -> dict[str, float]:
     return {f"val_{key}": float(value) for key, value in figures.items()}
 
 
-def has_experiment(root: Path, name: str) -> bool:
+def experiment_names(root: Path) -> list[str]:
+    """The names of the DVC experiments in this repository (git refs under refs/exps)."""
     refs = subprocess.run(
         ["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root, capture_output=True, text=True
     ).stdout.split()
-    return any(ref.rsplit("/", 1)[-1] == name for ref in refs)
+    return [ref.rsplit("/", 1)[-1] for ref in refs]
+
+
+def has_experiment(root: Path, name: str) -> bool:
+    return name in experiment_names(root)
 
 
 def remove_leftovers(root: Path, dead: Collection[str]) -> list[str]:

@@ -19,6 +19,7 @@ from stages.core.config import Params, TuneConfig
 from stages.core.errors import ConfigError, StageError
 from stages.tracking import store
 from stages.tracking.trial import STORAGE_ENV, make_pruner, optuna_storage
+from stages.tuning.experiments import experiment_names
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +55,7 @@ def storage_errors(url: str) -> Iterator[None]:
 
     try:
         yield
-    except (SQLAlchemyError, OSError, ImportError) as exc:
+    except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for the URL's database
         raise StageError(
             f"the study's storage {store.redact(url)} is not usable: {store.describe(exc)}. Check that the "
             f"database runs and accepts these credentials (--storage or {STORAGE_ENV}), or leave both unset "
@@ -117,7 +118,7 @@ def settings(tune: TuneConfig) -> dict[str, Any]:
 
 
 def open_study(
-    tune: TuneConfig, url: str, storage: optuna.storages.RDBStorage, worker: str
+    tune: TuneConfig, url: str, storage: optuna.storages.RDBStorage, worker: str, root: Path
 ) -> tuple[optuna.Study, str]:
     """The study with this worker's sampler, and its experiments' name prefix. The worker whose
     `create_study` succeeds made it and records its settings and prefix; the others, refused as duplicates
@@ -130,16 +131,17 @@ def open_study(
         except optuna.exceptions.DuplicatedStudyError:
             created = None
         if created is not None:
-            created.set_user_attr(NAME_ATTR, f"{tune.study}-{secrets.token_hex(2)}")
+            created.set_user_attr(NAME_ATTR, new_prefix(tune.study, root))
             created.set_user_attr(SETTINGS_ATTR, settings(tune))
         earlier = optuna.load_study(study_name=tune.study, storage=storage).get_trials(deepcopy=False)
+        fresh = created is not None and not earlier  # this worker made the study: no one drew before it
         study = optuna.load_study(
             study_name=tune.study,
             storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed(tune.seed, worker, len(earlier))),
+            sampler=optuna.samplers.TPESampler(seed=sampler_seed(tune.seed, worker, len(earlier), fresh)),
             pruner=make_pruner(tune.pruner),
         )
-        attrs = _recorded(study, tune)
+        attrs = _recorded(study, tune, root)
     if attrs[SETTINGS_ATTR] != settings(tune):
         wanted = settings(tune)
         differing = ", ".join(key for key in wanted if wanted[key] != attrs[SETTINGS_ATTR].get(key))
@@ -150,7 +152,16 @@ def open_study(
     return study, attrs[NAME_ATTR]
 
 
-def _recorded(study: optuna.Study, tune: TuneConfig, wait_s: float = 30) -> dict[str, Any]:
+def new_prefix(name: str, root: Path) -> str:
+    """`<study>-<6 hex digits>`, drawn again while an experiment in this repository starts with it: a study
+    made again under an earlier one's name (a deleted optuna.db) restarts its trial numbers at 0."""
+    while True:
+        prefix = f"{name}-{secrets.token_hex(3)}"
+        if not any(ref.startswith(f"{prefix}-") for ref in experiment_names(root)):
+            return prefix
+
+
+def _recorded(study: optuna.Study, tune: TuneConfig, root: Path, wait_s: float = 5) -> dict[str, Any]:
     """The prefix and settings the study's creator recorded (in that order), waiting a moment for a creator
     that has just made the study. A study without them (its creator died first, or an older version of
     mnist-tune made it) gets them now."""
@@ -158,20 +169,20 @@ def _recorded(study: optuna.Study, tune: TuneConfig, wait_s: float = 30) -> dict
     while SETTINGS_ATTR not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.5)
     if NAME_ATTR not in study.user_attrs:
-        study.set_user_attr(NAME_ATTR, f"{study.study_name}-{secrets.token_hex(2)}")
+        study.set_user_attr(NAME_ATTR, new_prefix(study.study_name, root))
     if SETTINGS_ATTR not in study.user_attrs:
         study.set_user_attr(SETTINGS_ATTR, settings(tune))
     return study.user_attrs
 
 
-def sampler_seed(seed: int, worker: str, earlier_trials: int) -> int:
-    """The sampler's seed: tune.seed for the first worker (named 0) of a new study, so that a study on one
+def sampler_seed(seed: int, worker: str, earlier_trials: int, fresh: bool) -> int:
+    """The sampler's seed: tune.seed for the worker named 0 that created the study, so that a study on one
     machine gives the same suggestions from a fresh start. Mixed with the worker's name and the number of
     trials already in the study otherwise: workers of one study, and a worker restarted under the same name,
     never replay each other's draws (the sampler learns from every earlier trial anyway)."""
-    if worker == "0" and earlier_trials == 0:
+    if worker == "0" and fresh:
         return seed
-    digest = hashlib.sha256(f"{seed}:{worker}:{earlier_trials}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{worker}:{earlier_trials}:{fresh}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 

@@ -200,8 +200,9 @@ class Worker:
                     log.info("trial %d pruned after epoch %d, in %.0f s", trial.number, pruned_at, seconds)
                     raise optuna.TrialPruned(f"pruned after epoch {pruned_at}")
                 raise TrialFailedError(
-                    f"trial {trial.number} ({name}) failed: `dvc exp run` exited {returncode} after "
-                    f"{seconds:.0f} s; its log, {log_path}, ends:\n{experiments.tail(log_path)}"
+                    f"trial {trial.number} ({name}) failed: {experiments.failure_reason(log_path)} "
+                    f"(`dvc exp run` exited {returncode} after {seconds:.0f} s). Its log, {log_path}, "
+                    f"ends:\n{experiments.tail(log_path)}"
                 )
             figures = experiments.validation_figures(self.root, name)
             if self.tune.metric not in figures:
@@ -265,7 +266,8 @@ class StaleTrials:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+            # twice at most: params whose training kills its worker (out of memory) would kill every one
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         log.warning(
