@@ -3,7 +3,7 @@
 Converts data/model/model.keras to LiteRT (data/model/model.tflite and its .sha256), refused unless it answers
 the test images as the Keras model does, and logs the MLflow model of the training run: the LiteRT file
 behind the served code (stages/serving/), its signature and an input example, again whenever what it
-serves changes. data/model/served.json names what it serves; report, which depends on it, registers it.
+serves changes. metrics/served.json names what it serves; report, which depends on it, registers it.
 
 A stage of its own so that an edit to the serving code repackages the same weights, without retraining
 or touching train's checkpoints. It reruns after every training, since metrics/train.json names what train

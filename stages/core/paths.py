@@ -33,6 +33,10 @@ def prepared_meta(root: Path = PREPARED) -> Path:
 TRAIN_STATE = DATA / "train_state"  # checkpoints of an unfinished training run; not a DVC output
 MODEL_DIR = DATA / "model"
 TRAIN_METRICS = METRICS / "train.json"
+# What the run's logged model serves (a digest of the model files and the serving code), from package: an
+# uncached output (in git, so a clone has it), so DVC never restores package from its run cache, which would
+# skip the logging package does.
+SERVED_RECORD = METRICS / "served.json"
 VAL_METRICS = (
     METRICS / "val.json"
 )  # train's final validation figures: a DVC metric, what a trial is scored by
@@ -51,11 +55,6 @@ def model_file(root: Path = MODEL_DIR) -> Path:
 def lite_file(root: Path = MODEL_DIR) -> Path:
     """The same model for LiteRT, from package: what mnist-predict, the served model and evaluate run."""
     return root / "model.tflite"
-
-
-# What the run's logged model serves (a digest of the model files and the serving code), from package: an
-# uncached output, so DVC never restores package from its run cache, skipping the logging it does.
-SERVED_RECORD = MODEL_DIR / "served.json"
 
 
 def model_config(root: Path = MODEL_DIR) -> Path:

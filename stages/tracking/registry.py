@@ -40,7 +40,7 @@ def register(run_id: str, name: str) -> str:
             f"the MLflow run {run_id} has no logged model to register; rerun `dvc repro --force package`"
         )
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    same = [v for v in existing if v.model_id == model.model_id]
+    same = [v for v in existing if v.source == model.model_uri]  # (search results carry no model_id)
     if same:
         return max(same, key=lambda v: int(v.version)).version
     with store.no_http_retries():  # a create call: a lost answer is found by the lookup above next time
