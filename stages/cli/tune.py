@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cli() -> None:
-    run_stage(main, command=False)
+    run_stage(main)
 
 
 if __name__ == "__main__":

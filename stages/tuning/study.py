@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import secrets
 import time
 import warnings
@@ -80,24 +79,26 @@ def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
+
     beat = heartbeat_s()
-    for attempt in range(CREATE_ATTEMPTS):
-        try:
-            with storage_errors(url), store.file_lock(url):
-                try:
-                    return optuna_storage(
-                        url,
-                        heartbeat_interval=beat,
-                        grace_period=beat * STALE_AFTER_HEARTBEATS,
-                        heartbeat_stale_trial_callback=on_stale,
-                    )
-                except (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError):
-                    if attempt == CREATE_ATTEMPTS - 1:
-                        raise
-        except StageError:
-            raise
-        time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
-    raise AssertionError("unreachable")
+    lost_the_race = (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError)
+    attempts = Retrying(
+        retry=retry_if_exception_type(lost_the_race),
+        stop=stop_after_attempt(CREATE_ATTEMPTS),
+        wait=wait_random(0.2, 1.0),
+        reraise=True,
+    )
+    with storage_errors(url):
+        for attempt in attempts:
+            with attempt, store.file_lock(url):
+                storage = optuna_storage(
+                    url,
+                    heartbeat_interval=beat,
+                    grace_period=beat * STALE_AFTER_HEARTBEATS,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
+    return storage
 
 
 def check_comparable(params: Params) -> None:

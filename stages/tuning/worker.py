@@ -98,7 +98,7 @@ class Worker:
         """Trials until the study has its budget: dead workers' trials failed (and queued again) first."""
         from optuna.study import MaxTrialsCallback
 
-        waiting_since = None
+        waiting = False  # said once per wait
         while True:
             tally = self.tally()
             if tally is None:
@@ -107,14 +107,14 @@ class Worker:
                 break
             room = self.tune.trials - tally.done - tally.running
             if room <= 0:  # the last trials run elsewhere: they finish, or their worker's heartbeat stops
-                if waiting_since is None:
-                    waiting_since = time.monotonic()
+                if not waiting:
+                    waiting = True
                     log.info(
                         "%d trial(s) of the budget run on other workers: waiting for them", tally.running
                     )
                 time.sleep(min(study.heartbeat_s(), 10))
                 continue
-            waiting_since = None
+            waiting = False
             log.info(
                 "study %s: %d of %d trials to go, %d at a time",
                 self.tune.study,
