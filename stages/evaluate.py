@@ -2,8 +2,10 @@
 mnist-predict and the served model run it: its LiteRT form, which package checked against the Keras model
 on this split. So no TensorFlow here.
 
-Writes metrics/eval.json (the DVC metric), the per-class table, the confusion matrix and a grid of the
-most confident mistakes (stages/evaluation/). No MLflow here: report records them in the training run.
+Writes metrics/eval.json (the DVC metric, with the accuracy's 95% interval), the per-class table, the
+confusion matrix, a grid of the most confident mistakes (stages/evaluation/), and each test image's
+prediction (data/evaluation/predictions.npz), which `mnist-promote` and the report pair with the champion's.
+No MLflow here: report records them in the training run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.evaluation.figures import save_confusion, save_misclassified
 from stages.evaluation.metrics import evaluate
+from stages.evaluation.paired import Predictions
 from stages.serving.lite import LiteModel
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ def load_lite_model() -> LiteModel:
 
 def main() -> None:
     params = load_params()
-    class_names: list[str] = load_json(paths.prepared_meta(), produced_by="preprocess")["class_names"]
+    meta = load_json(paths.prepared_meta(), produced_by="preprocess")
+    class_names: list[str] = meta["class_names"]
     model = load_lite_model()
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
     labels = test["label"].astype(np.int64)
@@ -47,6 +51,9 @@ def main() -> None:
     probabilities = model.probabilities(test["x"]).astype(np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
     results = evaluate(probabilities, labels, class_names)
+    predictions = Predictions.from_probabilities(
+        probabilities, labels, f"{meta['dataset']}/test", meta["files_md5"]["test"]
+    )
     predicted = probabilities.argmax(axis=1)
     timing.lap("compute")
 
@@ -55,6 +62,7 @@ def main() -> None:
         per_class.to_csv(tmp, float_format="%.4f")
     save_confusion(labels, predicted, class_names)
     save_misclassified(test["x"], labels, probabilities, class_names, params.evaluate.misclassified_examples)
+    predictions.save(paths.PREDICTIONS)
     write_json(paths.EVAL_METRICS, {"test": results["test"]})  # the headline; per class in the CSV
     timing.lap("save outputs")
     test_results = results["test"]

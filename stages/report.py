@@ -20,6 +20,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stages.core import paths, timing
@@ -27,10 +28,16 @@ from stages.core.config import Params, load_params
 from stages.core.errors import StageError
 from stages.core.io import atomic_path, load_json, write_json
 from stages.core.runner import run_stage
-from stages.reporting.render import render, save_training_curves, to_html
-from stages.tracking import lineage, queries, record, registry, store
+from stages.data.npz import load_npz
+from stages.evaluation.figures import save_image_grid
+from stages.evaluation.paired import Predictions, paired_test, verdict
+from stages.reporting.render import ChampionComparison, render, save_training_curves, to_html
+from stages.tracking import lineage, predictions, queries, record, registry, store
 
 log = logging.getLogger(__name__)
+
+REPORT_IMAGES = (paths.TRAIN_CURVES_PNG, paths.FIXED_PNG, paths.BROKEN_PNG)  # drawn here, beside the pages
+SHOWN_PER_GRID = 12  # images of fixes, and of breaks, in the comparison with the champion
 
 
 def _timings() -> dict:
@@ -44,6 +51,53 @@ def _embedded(path: Path) -> str:
 
 def _beside_report(path: Path) -> str:
     return os.path.relpath(path, paths.REPORT_MD.parent)
+
+
+def compare_with_champion(
+    params: Params, run, champion: tuple[str | None, str | None]
+) -> ChampionComparison | None:
+    """This run's test predictions paired with the champion's, judged by `mnist-promote`'s rule; None where
+    there is no champion or this run's model is it. A comparison that cannot be made says why instead."""
+    import mlflow
+
+    version, champion_run = champion
+    if version is None or champion_run == run.info.run_id:
+        return None
+    client = mlflow.MlflowClient()
+    compared = ChampionComparison(version=version, run_id=champion_run)
+    dataset = client.get_run(champion_run).data.params.get("data.dataset")
+    if dataset != run.data.params.get("data.dataset"):
+        return compared.refused(
+            f"it was trained on {dataset}, this run on {run.data.params.get('data.dataset')}"
+        )
+    found = predictions.of_version(client.get_model_version(params.train.registered_model, version))
+    try:
+        test = paired_test(Predictions.load(paths.PREDICTIONS), found.predictions)
+    except StageError as exc:
+        return compared.refused(str(exc))
+    rule = verdict(test, params.promote.alpha, params.promote.margin)
+    return compared.judged(test, rule, found.predictions.predicted, found.how(f"version {version}"))
+
+
+def save_paired_images(compared: ChampionComparison, class_names: list[str], staging: Path) -> None:
+    """The first images this run fixes and breaks, each with what the champion answered."""
+    test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
+    mine = Predictions.load(paths.PREDICTIONS)
+    theirs = compared.champion_predicted
+    for indices, what, dest in (
+        (compared.test.fixed, "fixes {} of version {}'s mistakes", paths.FIXED_PNG),
+        (compared.test.broken, "breaks {} of version {}'s right answers", paths.BROKEN_PNG),
+    ):
+        shown = indices[:SHOWN_PER_GRID]
+        if not len(shown):
+            continue
+        captions = [
+            f"#{i}: {class_names[mine.label[i]]}\nnow {class_names[mine.predicted[i]]}, "
+            f"was {class_names[theirs[i]]}"
+            for i in shown
+        ]
+        title = f"This run {what.format(len(indices), compared.version)} ({len(shown)} shown)"
+        save_image_grid(test["x"], np.asarray(shown), captions, title, staging / dest.name)
 
 
 def summary(params: Params, figures: dict) -> dict:
@@ -89,7 +143,13 @@ def main() -> None:
 
     model = registry.logged_model(run_id)
     test_dataset = lineage.split_dataset(meta, "test", str(paths.prepared_split("test")))
-    evaluation = [paths.EVAL_METRICS, paths.PER_CLASS, paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG]
+    evaluation = [
+        paths.EVAL_METRICS,
+        paths.PER_CLASS,
+        paths.CONFUSION_PNG,
+        paths.MISCLASSIFIED_PNG,
+        paths.PREDICTIONS,
+    ]
     record.evaluation(
         run_id,
         figures["eval"]["test"],
@@ -110,24 +170,30 @@ def main() -> None:
     if champion[1]:
         marks[champion[1]] = "this run, champion" if champion[1] == run_id else "champion"
     comparison = queries.comparison(earlier, marks)
+    compared = compare_with_champion(params, run, champion)
     timing.lap("mlflow")
 
     title = f"{params.train.model} on {meta['dataset']}"
     with atomic_path(paths.REPORT_DIR, directory=True) as staging:
         save_training_curves(history, staging / paths.TRAIN_CURVES_PNG.name)
+        if compared and compared.test:
+            save_paired_images(compared, meta["class_names"], staging)
         timing.lap("compute")
-        in_staging = {paths.TRAIN_CURVES_PNG: staging / paths.TRAIN_CURVES_PNG.name}
-        markdown = render(params, run, figures, comparison, champion, _beside_report)
-        page = render(params, run, figures, comparison, champion, lambda p: _embedded(in_staging.get(p, p)))
+        in_staging = {png: staging / png.name for png in REPORT_IMAGES}
+        markdown = render(params, run, figures, comparison, champion, compared, _beside_report)
+        page = render(
+            params, run, figures, comparison, champion, compared, lambda p: _embedded(in_staging.get(p, p))
+        )
         (staging / paths.REPORT_MD.name).write_text(markdown, encoding="utf-8")
         (staging / paths.REPORT_HTML.name).write_text(to_html(page, title), encoding="utf-8")
         write_json(staging / paths.REPORT_SUMMARY.name, summary(params, figures))
     timing.lap("save outputs")
 
-    record.report(run_id, [paths.REPORT_MD, paths.TRAIN_CURVES_PNG, paths.REPORT_HTML])
+    pages = [paths.REPORT_MD, paths.REPORT_HTML, *(png for png in REPORT_IMAGES if png.exists())]
+    record.report(run_id, pages)
     timing.lap("mlflow")
     log.info("report: %s and %s", paths.REPORT_MD, paths.REPORT_HTML)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)  # LiteRT greets when a champion's predictions are computed

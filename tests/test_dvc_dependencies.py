@@ -18,7 +18,8 @@ EDITS = [
     ("train", "registered_model", "another-name", {"check_params", "report"}),
     ("report", "compare_runs", 3, {"check_params", "report"}),
     ("promote", "alias", "best", {"check_params", "report"}),
-    ("promote", "margin", 0.01, {"check_params"}),
+    ("promote", "margin", 0.01, {"check_params", "report"}),  # the report judges by the promotion rule
+    ("promote", "alpha", 0.01, {"check_params", "report"}),
     ("evaluate", "misclassified_examples", 6, {"check_params", "evaluate"}),
     ("train", "epochs", 3, {"check_params", "train"}),
     ("train", "model", "mlp", {"check_params", "train", "report"}),
@@ -75,10 +76,12 @@ def code_changes(repo) -> dict[str, set[str]]:
 
 ALL = {"check_params", "download", "preprocess", "train", "package", "evaluate", "report"}
 CODE_EDITS = [
-    ("stages/data/npz.py", {"download", "preprocess", "train", "package", "evaluate"}),
+    ("stages/data/npz.py", {"download", "preprocess", "train", "package", "evaluate", "report"}),
     ("stages/core/io.py", ALL),
     ("stages/tracking/store.py", {"train", "package", "report"}),
-    ("stages/serving/digits.py", {"package"}),  # the served code: repackaged, never retrained
+    # the served code: repackaged, never retrained (report runs a champion's logged model where it must)
+    ("stages/serving/digits.py", {"package", "report"}),
+    ("stages/tracking/predictions.py", {"report"}),  # the champion's predictions: no retraining either
     ("stages/data/sources.py", {"download"}),
 ]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -152,6 +153,8 @@ class PromoteConfig(_Section):
     """When a new model version becomes the `champion` (see stages/cli/promote.py)."""
 
     alias: str = Field(default="champion", min_length=1, pattern=r"^[A-Za-z][\w\-]*$")
+    # the paired test's p-value must be below this (stages/evaluation/paired.py)
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # test accuracy it must beat the champion's by
 
 
@@ -312,15 +315,16 @@ def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     """One readable line per bad key, naming its path (`data.retries`) and what is allowed there."""
     by_key: dict[str, list[str]] = {}
     errors = exc.errors()
-    keys = [".".join(str(part) for part in err["loc"] if not _is_union_branch(part)) for err in errors]
-    for err, key in zip(errors, keys, strict=True):
-        loc = [part for part in err["loc"] if not _is_union_branch(part)]
-        key = key or "(top level)"
+    located = [_locate(root, err["loc"]) for err in errors]
+    keys = [".".join(path) or "(top level)" for path, _ in located]
+    for err, key, (path, section) in zip(errors, keys, located, strict=True):
         if err["type"] == "string_type" and any(other.startswith(f"{key}.") for other in keys):
             continue  # a union's other branch (a mirror entry) says what is wrong inside it
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(root, loc[:-1])
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        if err["type"] == "extra_forbidden" and path:
+            allowed = list(section.model_fields) if section else []
+            by_lower = {name.lower(): name for name in allowed}
+            hint = [by_lower[path[-1].lower()]] if path[-1].lower() in by_lower else []
+            hint = hint or difflib.get_close_matches(path[-1], allowed, n=1)
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
             message = f"unknown key.{did_you_mean} Allowed here: {', '.join(allowed)}"
         else:
@@ -332,22 +336,59 @@ def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     return [f"{key}: {'; or: '.join(messages)}" for key, messages in by_key.items()]
 
 
-def _is_union_branch(part: Any) -> bool:
-    """Pydantic names the tried union member in the location (`str`, `MirrorSource`): hide it."""
-    return isinstance(part, str) and (part in {"str", "int", "float"} or part[:1].isupper())
-
-
-def _allowed_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
-    """The field names of the section at `loc`, walking nested models (and list items) from the root."""
-    for part in loc:
-        if isinstance(part, int):
+def _locate(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """The key path a pydantic error location stands for in params.yaml, and the section (model) whose key
+    its last part is. Walks the schema itself: a location also holds the names of the union members tried
+    (`int`, `MirrorSource`, a tag such as `float`), which are no keys; a user's key may look like one."""
+    path: list[str] = []
+    annotation: Any = root
+    section: type[BaseModel] | None = None
+    parts = list(loc)
+    while parts:
+        annotation = _unwrapped(annotation)
+        members = [a for a in get_args(annotation) if a is not type(None)] if _is_union(annotation) else []
+        if len(members) > 1:  # pydantic names the member it tried: no key
+            annotation = _member_named(members, str(parts.pop(0)))
             continue
-        annotation = model.model_fields[str(part)].annotation
-        nested = _first_model_in(annotation)
-        if nested is None:
-            return []
-        model = nested
-    return list(model.model_fields)
+        if members:
+            annotation = members[0]
+            continue
+        part = parts.pop(0)
+        path.append(str(part))
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+            field = annotation.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+        elif get_origin(annotation) is dict:
+            section, annotation = None, get_args(annotation)[1]
+        elif get_origin(annotation) in (list, tuple):
+            section, annotation = None, (get_args(annotation) or (None,))[0]
+        else:
+            section, annotation = None, None
+    return path, section
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """`Annotated[int, Field(...)]` -> int."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, UnionType)
+
+
+def _member_named(members: list[Any], name: str) -> Any:
+    """The union member pydantic names `name`: a class by its name, a builtin type (`int`), or a tagged
+    member by its `type` tag (`float` for FloatRange). Other names (`function-after[...]`): the first."""
+    for member in map(_unwrapped, members):
+        if getattr(member, "__name__", None) == name:
+            return member
+        tagged = isinstance(member, type) and issubclass(member, BaseModel) and "type" in member.model_fields
+        if tagged and name in get_args(member.model_fields["type"].annotation):
+            return member
+    return _unwrapped(members[0])
 
 
 def _first_model_in(annotation: Any) -> type[BaseModel] | None:

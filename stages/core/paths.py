@@ -31,6 +31,16 @@ def prepared_meta(root: Path = PREPARED) -> Path:
 
 
 TRAIN_STATE = DATA / "train_state"  # checkpoints of an unfinished training run; not a DVC output
+TEMPORARY_COPY = "DVC deletes this experiment's temporary copy, checkpoints included, when it ends"
+
+
+def checkpoints_outlive_the_run() -> bool:
+    """False inside `dvc exp run --temp` or a queued experiment (a copy under .dvc/tmp/exps), which DVC
+    deletes when it ends: there, no rerun can resume from the checkpoints."""
+    parts = Path.cwd().resolve().parts
+    return not any(parts[i : i + 3] == (".dvc", "tmp", "exps") for i in range(len(parts)))
+
+
 MODEL_DIR = DATA / "model"
 TRAIN_METRICS = METRICS / "train.json"
 # What the run's logged model serves (a digest of the model files and the serving code), from package: an
@@ -46,6 +56,8 @@ PER_CLASS = METRICS / "per_class.csv"
 CONFUSION_CSV = METRICS / "confusion.csv"
 CONFUSION_PNG = METRICS / "confusion.png"
 MISCLASSIFIED_PNG = METRICS / "misclassified.png"
+# Each test image's predicted class and probability, for paired comparisons (stages/evaluation/paired.py).
+PREDICTIONS = DATA / "evaluation" / "predictions.npz"
 
 
 def model_file(root: Path = MODEL_DIR) -> Path:
@@ -65,16 +77,24 @@ def model_config(root: Path = MODEL_DIR) -> Path:
 # The MLflow run that train created and the sha256 of the model it saved, for report and mnist-promote.
 # Not a DVC output (a run id differs on every run, and dvc.lock must not), so readers check the hash.
 RUN_RECORD = DATA / "train_run.json"
-TIMING_METRICS = METRICS / "timing.json"  # wall times; a DVC metric but no stage's output, so not in dvc.lock
-# What trained the committed model (backend, devices, CPU instruction sets), which the bytes depend on: in
-# git beside dvc.lock, so a fresh clone knows whether it can expect the same bytes. No output either.
-MACHINE_RECORD = METRICS / "machine.json"
+# Wall times of the last training: a DVC metric but no stage's output (not in dvc.lock), and git-ignored, so
+# that no run leaves a tracked file modified.
+TIMING_METRICS = METRICS / "timing.json"
+# What trained the workspace's model (backend, devices, CPU instruction sets), which its bytes depend on,
+# written by every training; git-ignored like the model.
+MACHINE_RECORD = DATA / "machine.json"
+# The same record for the committed dvc.lock: copied from MACHINE_RECORD by whoever commits a lock from a
+# real run (CONTRIBUTING.md, the retraining workflow), never by a run, so a fresh clone knows whether it
+# can expect the committed bytes and its `dvc repro` leaves `git status` empty.
+COMMITTED_MACHINE = METRICS / "machine.json"
 
 
 REPORT_DIR = DATA / "report"
 REPORT_HTML = REPORT_DIR / "report.html"  # self-contained: images embedded
 REPORT_MD = REPORT_DIR / "report.md"  # fit to post as a CI comment; links the PNGs
 TRAIN_CURVES_PNG = REPORT_DIR / "train_curves.png"
+FIXED_PNG = REPORT_DIR / "fixed.png"  # test images this model gets right and the champion wrong
+BROKEN_PNG = REPORT_DIR / "broken.png"  # and the other way round
 # The report's headline figures, the same for the same inputs: its DVC output (the pages above name the
 # MLflow run, so they are none), which a fresh clone lacks, so its first `dvc repro` completes its run.
 REPORT_SUMMARY = REPORT_DIR / "summary.json"

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import markdown
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from stages.core import paths
 from stages.core.config import Params
 from stages.core.io import atomic_path
+from stages.evaluation.paired import PairedTest, Verdict, format_p
+from stages.tracking.queries import format_accuracy
 
 HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -27,6 +31,24 @@ td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
+
+
+@dataclass(frozen=True)
+class ChampionComparison:
+    """This run against the champion on the same test images (report.compare_with_champion)."""
+
+    version: str
+    run_id: str
+    test: PairedTest | None = None  # None: not compared, `note` says why
+    rule: Verdict | None = None
+    champion_predicted: np.ndarray | None = None
+    note: str = ""
+
+    def refused(self, why: str) -> ChampionComparison:
+        return replace(self, note=why)
+
+    def judged(self, test: PairedTest, rule: Verdict, predicted: np.ndarray, note: str) -> ChampionComparison:
+        return replace(self, test=test, rule=rule, champion_predicted=predicted, note=note)
 
 
 def save_training_curves(history: pd.DataFrame, dest: Path) -> None:
@@ -56,6 +78,7 @@ def render(
     figures: dict[str, Any],
     comparison: pd.DataFrame,
     champion: tuple[str | None, str | None],
+    compared: ChampionComparison | None,
     image: Callable[[Path], str],
 ) -> str:
     """The report as Markdown; `image` turns a PNG path into the link the output format needs."""
@@ -73,7 +96,9 @@ def render(
     result = pd.DataFrame(
         [
             {
-                "test accuracy": f"{100 * test['accuracy']:.2f}%",
+                "test accuracy (95% CI)": format_accuracy(
+                    test["accuracy"], test.get("accuracy_ci95_low"), test.get("accuracy_ci95_high")
+                ),
                 "test errors": test["errors"],
                 "test loss": f"{test['loss']:.4f}",
                 "macro F1": f"{test['macro_f1']:.4f}",
@@ -102,7 +127,10 @@ def render(
         )
     experiment = tags.get("dvc.experiment", "")
     splits = ", ".join(f"{name} {count:,}" for name, count in meta["splits"].items())
-    return f"""# {preset} on {meta["dataset"]}: {100 * test["accuracy"]:.2f}% test accuracy
+    interval = ""
+    if "accuracy_ci95_low" in test:
+        interval = f" (95% CI {100 * test['accuracy_ci95_low']:.2f}-{100 * test['accuracy_ci95_high']:.2f}%)"
+    return f"""# {preset} on {meta["dataset"]}: {100 * test["accuracy"]:.2f}% test accuracy{interval}
 
 MLflow run `{run.info.run_id}` · commit `{commit}`{dirty} · DVC experiment `{experiment}` ·
 {tags.get("device", "")} · Keras {tags.get("version.keras", "")} on {tags.get("keras.backend", "")}
@@ -135,12 +163,42 @@ MLflow run `{run.info.run_id}` · commit `{commit}`{dirty} · DVC experiment `{e
 
 ![most confident mistakes]({image(paths.MISCLASSIFIED_PNG)})
 
-## Compared with earlier runs
+{_champion_section(params, compared, image)}## Compared with earlier runs
 
 {champion_line}
 
 {_table(comparison)}
 """
+
+
+def _champion_section(
+    params: Params, compared: ChampionComparison | None, image: Callable[[Path], str]
+) -> str:
+    """The paired comparison with the champion, as `mnist-promote` would judge it; '' if there is none."""
+    if compared is None:
+        return ""
+    alias, old = params.promote.alias, f"version {compared.version}"
+    heading = f"## Compared with the {alias}, {old} (run `{compared.run_id[:8]}`)\n\n"
+    if compared.test is None:
+        return f"{heading}Not compared: {compared.note}.\n\n"
+    test, rule = compared.test, compared.rule
+    outcome = f"would take the `{alias}` alias" if rule.promote else f"would not: the `{alias}` would stay"
+    lines = [
+        f"On the same {test.images:,} test images, this run fixes **{len(test.fixed)}** of {old}'s mistakes "
+        f"and breaks **{len(test.broken)}** of its right answers (exact McNemar test, p = "
+        f"{format_p(test.p_value)}; accuracy {test.accuracy_gain:+.2%}). By the promotion rule (p below "
+        f"promote.alpha {params.promote.alpha:g}, a gain above promote.margin {params.promote.margin:.2%}) "
+        f"this model {outcome} {rule.why}.",
+    ]
+    if compared.note:
+        lines.append(f"{compared.note[0].upper()}{compared.note[1:]}.")
+    for png, name, count in (
+        (paths.FIXED_PNG, "fixed", test.fixed),
+        (paths.BROKEN_PNG, "broken", test.broken),
+    ):
+        if len(count):
+            lines.append(f"![{name}]({image(png)})")
+    return heading + "\n\n".join(lines) + "\n\n"
 
 
 def to_html(text: str, title: str) -> str:

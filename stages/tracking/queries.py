@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from stages.core.io import load_json
@@ -18,7 +19,7 @@ SUMMARY_COLUMNS = {
     "params.model.params.trainable": "trainable",
     "metrics.final_epochs": "epochs",
     "metrics.final_val_accuracy": "val acc",
-    "metrics.test_accuracy": "test acc",
+    "metrics.test_accuracy": "test acc (95% CI)",
     "metrics.final_train_time_s": "train s",
     "tags.git.commit": "commit",
 }
@@ -82,28 +83,54 @@ def comparison(runs: pd.DataFrame, marks: dict[str, str] | None = None) -> pd.Da
         table[heading] = runs.get(column)
     for column in differing_params(runs):
         table[column.removeprefix("params.")] = runs[column]
-    for heading in ("val acc", "test acc"):
-        table[heading] = table[heading].map(_percent)
+    table["val acc"] = table["val acc"].map(_percent)
+    table[
+        "test acc (95% CI)"
+    ] = [  # with its 95% interval where the run recorded one (runs before it did not)
+        "" if pd.isna(accuracy) else format_accuracy(accuracy, low, high)
+        for accuracy, low, high in zip(
+            runs.get("metrics.test_accuracy", pd.Series(np.nan, index=runs.index)),
+            runs.get("metrics.test_accuracy_ci95_low", pd.Series(np.nan, index=runs.index)),
+            runs.get("metrics.test_accuracy_ci95_high", pd.Series(np.nan, index=runs.index)),
+            strict=True,
+        )
+    ]
     table["train s"] = table["train s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     table["epochs"] = table["epochs"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     table["commit"] = table["commit"].fillna("").str[:8]
     return table.fillna("")
 
 
+def format_accuracy(accuracy: float, low: float | None, high: float | None) -> str:
+    """`99.52% (99.37-99.64)`: the accuracy and its 95% interval, or the accuracy alone where the run
+    recorded no interval (runs before evaluate did)."""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{accuracy:.2%}"
+    return f"{accuracy:.2%} ({100 * low:.2f}-{100 * high:.2f})"
+
+
 def _percent(value: Any) -> str:
     return "" if value is None or pd.isna(value) else f"{100 * float(value):.2f}%"
 
 
-def champion_run_id(model_name: str, alias: str) -> tuple[str | None, str | None]:
-    """(version, run id) of the model version the alias points at, or (None, None) if there is none."""
+def champion_version(model_name: str, alias: str) -> Any | None:
+    """The model version (`ModelVersion`) the alias points at, or None where there is none yet."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(model_name, alias)
-    except MlflowException:  # no such model, or no such alias: no champion yet
-        return None, None
-    return version.version, version.run_id
+        return mlflow.MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        # no such model: RESOURCE_DOES_NOT_EXIST; a model without that alias: INVALID_PARAMETER_VALUE
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def champion_run_id(model_name: str, alias: str) -> tuple[str | None, str | None]:
+    """(version, run id) of the model version the alias points at, or (None, None) if there is none."""
+    version = champion_version(model_name, alias)
+    return (version.version, version.run_id) if version else (None, None)
 
 
 MODEL_TAG = "model.sha256"  # set by train on each run: which model file the run produced
