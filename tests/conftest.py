@@ -306,10 +306,32 @@ def run_id_of(repo: Path) -> str:
 # ------------------------------------------------------------------------------------------ servers
 
 
+PORTS = range(20000, 32000)  # below Linux's ephemeral range (32768-60999): no outgoing connection takes one
+_held_ports: list = []  # lock files of the ports this test process holds, for its whole life
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a server that no other test process will hand out or take: a port asked of the kernel
+    (bind to 0) is free again once the socket closes, and another xdist worker's server, or an outgoing
+    connection, could take it before ours binds. Here each port is reserved by a lock file under the temp
+    folder, held until this process exits, and is free when handed out."""
+    import fcntl
+    import random
+    import tempfile
+
+    for port in random.Random(os.getpid()).sample(PORTS, len(PORTS)):
+        lock = Path(tempfile.gettempdir()) / f"mnist-pipeline-tests-port-{port}.lock"
+        holder = lock.open("w")  # held open until this process exits
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:  # held by another test process, or in use
+            holder.close()
+            continue
+        _held_ports.append(holder)
+        return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ FLOATS = {  # (lowest allowed or excluded bound, whether it is excluded, highest
     "data.read_timeout_s": (0, True, 600),
     "train.learning_rate": (0, True, 10),
     "promote.margin": (0, False, 1 - 1e-12),
+    "promote.alpha": (0, True, 1 - 1e-12),
 }
 CHOICES = {
     "data.dataset": ("mnist", "fashion_mnist"),
@@ -58,6 +59,15 @@ def _not_a_number(text: str) -> bool:
 
 
 letters = words.filter(_not_a_number)  # "nan" and "inf" parse as floats, and are checked as ranges
+# Keys as a user might type them: capitals, digits, dots, dashes, spaces, any script (not only a-z).
+any_key = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
+# Sections below the top level whose keys are fixed too: the pruner, and one dimension of each kind.
+NESTED = [
+    ("tune", "pruner"),
+    ("tune", "space", "train.learning_rate"),
+    ("tune", "space", "train.batch_size"),
+    ("tune", "space", "train.epochs"),
+]
 
 
 def with_value(key: str, value: Any) -> dict:
@@ -75,13 +85,15 @@ def invalid_params(draw) -> tuple[dict, str]:
     """A valid params.yaml with one mistake, and the key path the error must name."""
     kinds = ["unknown key", "wrong type", "out of range", "unknown choice", "no sources"]
     kind = draw(st.sampled_from(kinds))
-    if kind == "unknown key":
-        section = draw(st.sampled_from([None, *SECTIONS]))
-        allowed = set(VALID) if section is None else set(VALID[section])
-        key = draw(words.filter(lambda name: name not in allowed))
+    if kind == "unknown key":  # any spelling (case, digits, punctuation, letters of any script), any section
         params = yaml.safe_load(yaml.safe_dump(VALID))
-        (params if section is None else params[section])[key] = draw(st.integers(0, 9))
-        return params, key if section is None else f"{section}.{key}"
+        path = draw(st.sampled_from([(), *((section,) for section in SECTIONS), *NESTED]))
+        target = params
+        for part in path:
+            target = target[part]
+        key = draw(any_key.filter(lambda name: name not in target))
+        target[key] = draw(st.one_of(st.integers(0, 9), letters, containers))
+        return params, ".".join((*path, key))
     if kind == "wrong type":
         key = draw(st.sampled_from([*INTS, *FLOATS, *CHOICES, *STRINGS, "train.mixed_precision"]))
         if key in STRINGS or key in CHOICES:

@@ -159,3 +159,21 @@ def test_the_best_epochs_checkpoint_is_kept_only_for_early_stopping(tmp_path, ke
     assert sorted(p.name for p in train_state.state_dir.iterdir()) == [
         f"epoch-{e:04d}.json" for e in sorted(kept)
     ]
+
+
+def test_only_a_checkpoint_that_cannot_be_decoded_counts_as_unreadable(tmp_path, monkeypatch):
+    """A damaged file is skipped for the one before it; any other error is a bug, and stops the stage
+    with its traceback instead of silently setting the checkpoints aside and training again."""
+    rules = Rules(monitor="val_accuracy", patience=None)
+    train_state = TrainState(tmp_path / "train_state", "fingerprint")
+    run_epochs(train_state, small_model(seed=0), rules, range(1, 3))
+    newest = dict(train_state.checkpoints())[2]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated: h5py cannot decode it
+    assert train_state.restore(small_model(seed=99)).epoch == 1
+
+    def a_bug(self, path):
+        raise TypeError("load_weights() got an unexpected keyword argument")
+
+    monkeypatch.setattr(keras.Model, "load_weights", a_bug)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        train_state.restore(small_model(seed=99))

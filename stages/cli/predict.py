@@ -3,13 +3,16 @@
     mnist-predict digit.png photo.jpg                        # the repository's data/model/model.tflite
     mnist-predict --model models:/mnist-classifier@champion digit.png
     mnist-predict batch.npz                                  # an array `x` of N x 28 x 28 (x 1) images
+    mnist-predict batch.npy                                  # or the one array of a .npy file
     mnist-predict --json scan.png                            # one JSON object per image, all probabilities
 
 Image files of any size are converted as MNIST made its digits (grey, inverted if dark on light, contrast
 stretched, the ink scaled into 20 x 20 and centred by its centre of mass in 28 x 28); a 28 x 28 file is
-only inverted if light, then taken as it is. Arrays in .npz files must be uint8 0-255 or floats in [0, 1],
-N x 28 x 28 (x 1) or N x 784 (a table is never read as a picture). Every input gets an
-answer: a class, a warning instead of a class (a blank page, something unlike any digit), or an error.
+only inverted if light, then taken as it is. Every mode and bit depth Pillow opens is read (16-bit and
+float grey included); a file of several frames, or of more than 50 megapixels, is refused. Arrays in .npz
+and .npy files must be uint8 0-255 or floats in [0, 1], N x 28 x 28 (x 1) or N x 784 (a table is never read
+as a picture). Every input gets an answer: a class, a warning instead of a class (a blank page, something
+unlike any digit), or an error.
 The exit code is 1 if any input failed.
 """
 
@@ -33,21 +36,32 @@ def read_input(path: Path, key: str, invert: str) -> tuple[list[str], np.ndarray
 
     if not path.is_file():
         raise StageError(f"{path}: no such file")
-    if path.suffix.lower() == ".npz":
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy"):
+        where = f"{path}:{key}" if suffix == ".npz" else str(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if key not in data:
-                    raise StageError(f"{path}: no array {key!r} (it has {sorted(data.files)}); pass --key")
-                images = digits.to_model_input(data[key])
+            images = digits.to_model_input(_array(path, key))
         except digits.InputError as exc:
-            raise StageError(f"{path}:{key}: {exc}") from exc
+            raise StageError(f"{where}: {exc}") from exc
         except (OSError, ValueError) as exc:
-            raise StageError(f"{path}: not a readable .npz file ({exc})") from exc
+            raise StageError(f"{path}: not a readable {suffix} file ({exc})") from exc
         return [f"{path}[{i}]" for i in range(len(images))], images
     try:
         return [str(path)], digits.read_image(path, invert)[None]
+    except digits.ImageRefusedError as exc:
+        raise StageError(f"{path}: {exc}") from exc
     except (OSError, ValueError) as exc:  # Pillow: UnidentifiedImageError is an OSError
         raise StageError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _array(path: Path, key: str) -> np.ndarray:
+    """The array of a .npy file, or the one named `key` in a .npz (never unpickled: data, not code)."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as data:
+        if key not in data:
+            raise StageError(f"{path}: no array {key!r} (it has {sorted(data.files)}); pass --key")
+        return data[key]
 
 
 class Classifier:

@@ -14,11 +14,19 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stages.core.errors import StageError
+
+_WRITTEN: list[Path] = []  # what this process has put in place, for the runner's message on an interrupt
+
+
+def written() -> list[Path]:
+    """The outputs this process has written so far, each whole (atomic_path renamed it into place)."""
+    return list(_WRITTEN)
 
 
 @functools.cache
@@ -48,9 +56,8 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod((0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make them private
-        if directory and dest.exists():
-            shutil.rmtree(dest)
-        tmp.replace(dest)
+        _move_into_place(tmp, dest, directory)
+        _WRITTEN.append(dest)
     except BaseException as exc:
         _remove(tmp)
         if isinstance(exc, OSError):
@@ -60,6 +67,29 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
                 "rerun."
             ) from exc
         raise
+
+
+def _move_into_place(tmp: Path, dest: Path, directory: bool) -> None:
+    """Rename `tmp` onto `dest`. A file replaces a file in one rename; a directory cannot replace a
+    non-empty one, so the old one is first renamed aside (never removed before the new one is in place)
+    and renamed back if the new one cannot take its name."""
+    if not (directory and dest.exists()):
+        tmp.replace(dest)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", suffix=".tmp", dir=dest.parent))
+    dest.replace(aside)
+    try:
+        tmp.replace(dest)
+    except OSError:
+        try:
+            aside.replace(dest)
+        except OSError as lost:
+            raise StageError(
+                f"writing {dest} failed, and its earlier contents could not be put back: they are in "
+                f"{aside} ({lost.strerror or lost}); rename it to {dest.name} or rerun the stage"
+            ) from lost
+        raise
+    _remove(aside)
 
 
 def _remove(path: Path) -> None:
@@ -83,7 +113,7 @@ def load_model(path: Path | str, *, produced_by: str = "train"):
         raise StageError(f"{path} is missing: {rerun}")
     try:
         return keras.saving.load_model(path, safe_mode=True)
-    except Exception as exc:  # Keras raises ValueError, OSError, zipfile and h5py errors for a bad file
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # what a bad file raises
         if "safe_mode" in str(exc):
             raise StageError(
                 f"{path} holds code that would run when loaded (e.g. a Lambda layer); refusing it in safe "

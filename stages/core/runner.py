@@ -17,6 +17,7 @@ from pathlib import Path
 
 from stages.core import stderr_filter, timing
 from stages.core.errors import StageError, scrub
+from stages.core.io import written
 
 
 def run_stage(main: Callable[[], None], *, tensorflow: bool = False, command: bool = False) -> None:
@@ -44,8 +45,22 @@ def run_stage(main: Callable[[], None], *, tensorflow: bool = False, command: bo
         print(f"error: {scrub(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
+        print(f"error: {interrupted(command)}", file=sys.stderr)
         sys.exit(130)
+
+
+def interrupted(command: bool) -> str:
+    """What an interrupt left, as it is: the outputs written so far are whole (each renamed into place when
+    complete), the others were not written."""
+    done = [str(path) for path in written()]
+    if command:
+        return f"interrupted after writing {', '.join(done)}" if done else "interrupted"
+    if not done:
+        return "interrupted before writing any output; `dvc repro` runs this stage again"
+    return (
+        f"interrupted after writing {', '.join(done)} (each whole) and before its other outputs; "
+        "`dvc repro` runs this stage again"
+    )
 
 
 def _stage_name() -> str:

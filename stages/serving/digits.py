@@ -129,18 +129,63 @@ def to_model_input(values: Any, *, whole_numbers: bool = False) -> np.ndarray:
     return np.stack([mnist_style(light_on_dark(image)) for image in pixels])
 
 
+MAX_PIXELS = 50_000_000  # an image file larger than this is refused (a 50-megapixel photo still passes)
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16- and 32-bit integer grey, float grey
+_FULL_SCALES = (1.0, 255.0, 65535.0, 2.0**32 - 1)  # the value of white at 1, 8, 16 or 32 bits
+
+
+class ImageRefusedError(ValueError):
+    """A readable image file that is no single digit: several frames, or far too many pixels."""
+
+
 def read_image(path: Any, invert: str = "auto") -> np.ndarray:
-    """An image file (any size, any mode) as a 28 x 28 float32 MNIST-style digit; OSError if unreadable."""
+    """An image file (any size, mode and bit depth) as a 28 x 28 float32 MNIST-style digit. OSError if
+    unreadable; ImageRefusedError, naming the fix, for a file of several frames or over MAX_PIXELS pixels."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as image:
+    refusal = f"is over the limit of {MAX_PIXELS:,}: scale it down (a digit needs no more than a few hundred "
+    with warnings.catch_warnings():  # Pillow's warning (at 89 megapixels) is replaced by our lower limit
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:  # Pillow refuses twice its limit before reading the size
+            raise ImageRefusedError(
+                f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels {refusal}pixels a side)"
+            ) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageRefusedError(f"{width} x {height} pixels {refusal}pixels a side)")
+        if getattr(image, "n_frames", 1) > 1:
+            raise ImageRefusedError(
+                f"it holds {image.n_frames} frames (pages or animation): save the one to classify on its own"
+            )
         image.load()
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            image = image.convert("RGBA")  # transparent means paper: lay it on white
-            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
-        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        grey = grey_levels(image)
     grey = light_on_dark(grey, invert)
     return grey if grey.shape == (SIDE, SIDE) else mnist_style(grey)
+
+
+def grey_levels(image: Any) -> np.ndarray:
+    """A Pillow image of any mode as grey levels in [0, 1] (float32), by its own bit depth: a 16-bit
+    scan keeps its ink (Pillow's conversion to 8-bit grey clips it white), 8-bit values in a wider mode
+    stay 8-bit, a float image in [0, 1] or 0-255 is read as such, and transparent means paper, so it is
+    laid on white."""
+    from PIL import Image
+
+    if image.mode in _WIDE_MODES:  # white is the smallest full scale that holds every value
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        scales = _FULL_SCALES if image.mode == "F" else _FULL_SCALES[1:]  # 1.0 is white only for floats
+        white = next((w for w in scales if values.max() <= w), float(values.max()))
+        return np.clip(values / white, 0, 1).astype(np.float32)
+    if image.mode == "LAB":  # Pillow converts LAB to nothing else; its L band is the lightness
+        image = image.getchannel("L")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA")  # transparent means paper: lay it on white
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
 def light_on_dark(grey: np.ndarray, invert: str = "auto") -> np.ndarray:

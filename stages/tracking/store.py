@@ -167,7 +167,7 @@ def connect(experiment: str = EXPERIMENT) -> str:
     except StageError:
         raise
     except Exception as exc:  # MLflow raises many kinds (MlflowException, requests', sqlalchemy's)
-        if client is not None and type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
+        if client is not None and getattr(exc, "error_code", None) == "RESOURCE_ALREADY_EXISTS":
             return client.get_experiment_by_name(experiment).experiment_id  # created concurrently
         if (status := http_status(exc)) in (401, 403):
             raise StageError(_refused(uri, status, experiment)) from exc

@@ -55,10 +55,14 @@ def resume_or_start(
     run_id = checkpoints.run_id
     exists = store.run_exists(run_id) if run_id is not None else False
     if exists is None:
+        kept = (
+            "The checkpoints are kept; rerun `dvc repro` once the store answers: training resumes from them."
+            if paths.checkpoints_outlive_the_run()
+            else f"{paths.TEMPORARY_COPY}; rerun once the store answers."
+        )
         raise StageError(
             f"cannot tell whether the MLflow run {run_id} of the checkpoints in {checkpoints.root} is in the "
-            f"store {store.redact(store.tracking_uri())}: it did not answer. The checkpoints are kept; "
-            "rerun `dvc repro` once the store answers, and training resumes from them."
+            f"store {store.redact(store.tracking_uri())}: it did not answer. {kept}"
         )
     if not exists:
         log.info("the MLflow run %s of the checkpoints is not in this store; starting afresh", run_id)

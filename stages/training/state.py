@@ -26,6 +26,7 @@ from pathlib import Path
 
 import keras
 
+from stages.core import paths
 from stages.core.errors import StageError
 from stages.core.io import atomic_path, write_json
 from stages.training.fingerprint import differences
@@ -200,9 +201,14 @@ class TrainState:
             partial.replace(self.checkpoint_dir / f"epoch-{epoch:04d}.weights.h5")
         except (OSError, StageError) as exc:
             partial.unlink(missing_ok=True)
+            resumes = (
+                "training resumes from the last checkpoint written"
+                if paths.checkpoints_outlive_the_run()
+                else "training starts over"
+            )
             raise StageError(
                 f"cannot write the checkpoint of epoch {epoch} in {self.root} ({exc}); free some space and "
-                "rerun: training resumes from the last checkpoint written"
+                f"rerun: {resumes}"
             ) from exc
         self._write_history(state.history)
         best = best_epoch(state, rules) if self.keep_best else None
@@ -224,7 +230,8 @@ class TrainState:
             model.optimizer.build(model.trainable_variables)
         try:
             model.load_weights(path)
-        except Exception as exc:  # h5py and Keras raise OSError, ValueError... for a damaged file
+        except (OSError, ValueError, KeyError) as exc:  # h5py's and Keras' errors for a damaged file; any
+            # other exception is a bug in the code, and stops the stage with its traceback
             log.warning("checkpoint %s is unreadable (%s)", path.name, exc)
             return False
         return True
