@@ -166,6 +166,8 @@ def kept(state: ResumeState) -> str:
     """What a tracking store that stops answering costs, as true as it is at this point of the run."""
     if state.epoch == 0:
         return "No epoch had finished, so no training is lost."
+    if not paths.checkpoints_outlive_the_run():
+        return f"{paths.TEMPORARY_COPY}: its {state.epoch} finished epoch(s) go with it; a rerun starts over."
     return (
         f"Nothing is lost: the {state.epoch} finished epoch(s) are kept in {paths.TRAIN_STATE}, and a rerun "
         "resumes from them and sends what MLflow is missing."
@@ -188,7 +190,7 @@ def describe_run(job: Job, model: keras.Model, run_id: str, state: ResumeState) 
     counts), the layer summary and the model config: all an MLflow user compares runs by."""
     import mlflow
 
-    from stages.training import run
+    from stages.training import hardware, run
 
     counts = run.parameter_counts(model)
     pipeline_params = job.params.model_dump(exclude={"tune"})  # a search's settings train nothing
@@ -206,6 +208,8 @@ def describe_run(job: Job, model: keras.Model, run_id: str, state: ResumeState) 
     summary = run.layer_summary(model)
     store.retrying(lambda: mlflow.log_text(summary, "model_summary.txt"), "logging the summary", kept=saved)
     store.retrying(lambda: mlflow.log_dict(job.config, "model_config.json"), "logging the config", kept=saved)
+    machine = hardware.machine_record()  # what the bytes depend on (data/machine.json has the same)
+    store.retrying(lambda: mlflow.log_dict(machine, "machine.json"), "logging the machine", kept=saved)
 
 
 def fit(
