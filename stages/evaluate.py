@@ -4,7 +4,7 @@ on this split. So no TensorFlow here.
 
 Writes metrics/eval.json (the DVC metric, with the accuracy's 95% interval), the per-class table, the
 confusion matrix, a grid of the most confident mistakes (stages/evaluation/), and each test image's
-prediction (data/evaluation/predictions.npz), which `mnist-promote` and the report pair with the champion's.
+prediction (metrics/predictions.npz), which `mnist-promote` and the report pair with the champion's.
 No MLflow here: report records them in the training run.
 """
 
@@ -23,7 +23,7 @@ from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.evaluation.figures import save_confusion, save_misclassified
 from stages.evaluation.metrics import evaluate
-from stages.evaluation.paired import Predictions
+from stages.evaluation.paired import Predictions, content_digest
 from stages.serving.lite import LiteModel
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,8 @@ def main() -> None:
     probabilities = model.probabilities(test["x"]).astype(np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
     results = evaluate(probabilities, labels, class_names)
-    predictions = Predictions.from_probabilities(
-        probabilities, labels, f"{meta['dataset']}/test", meta["files_md5"]["test"]
-    )
+    split = content_digest(test["x"], test["label"])
+    predictions = Predictions.from_probabilities(probabilities, labels, f"{meta['dataset']}/test", split)
     predicted = probabilities.argmax(axis=1)
     timing.lap("compute")
 

@@ -70,8 +70,8 @@ def compare_with_champion(
         return compared.refused(
             f"it was trained on {dataset}, this run on {run.data.params.get('data.dataset')}"
         )
-    found = predictions.of_version(client.get_model_version(params.train.registered_model, version))
-    try:
+    try:  # the section is the report's extra: a champion that cannot be compared is said, not fatal
+        found = predictions.of_version(client.get_model_version(params.train.registered_model, version))
         test = paired_test(Predictions.load(paths.PREDICTIONS), found.predictions)
     except StageError as exc:
         return compared.refused(str(exc))

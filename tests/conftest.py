@@ -321,7 +321,10 @@ def free_port() -> int:
 
     for port in random.Random(os.getpid()).sample(PORTS, len(PORTS)):
         lock = Path(tempfile.gettempdir()) / f"mnist-pipeline-tests-port-{port}.lock"
-        holder = lock.open("w")  # held open until this process exits
+        try:
+            holder = lock.open("a")  # held open until this process exits
+        except OSError:  # another user's lock file
+            continue
         try:
             fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with socket.socket() as sock:

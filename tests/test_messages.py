@@ -30,6 +30,10 @@ STAGE = textwrap.dedent(
         if sys.argv[1] == "after":
             with atomic_path(Path("first.txt")) as tmp:
                 tmp.write_text("whole")
+        if sys.argv[1] == "nested":  # a directory output, whose files are written atomically inside it
+            with atomic_path(Path("report"), directory=True) as folder:
+                with atomic_path(folder / "page.md") as tmp:
+                    tmp.write_text("whole")
         Path("ready").write_text("")
         time.sleep(60)
         with atomic_path(Path("second.txt")) as tmp:
@@ -76,6 +80,12 @@ def test_an_interrupt_after_an_output_names_it_whole(tmp_path):
         "`dvc repro` runs this stage again"
     )
     assert (tmp_path / "first.txt").read_text() == "whole" and not (tmp_path / "second.txt").exists()
+
+
+def test_an_interrupt_names_a_directory_output_not_the_files_staged_inside_it(tmp_path):
+    done = interrupted(tmp_path, "nested")
+    assert done.stderr.strip().startswith("error: interrupted after writing report (each whole) and before")
+    assert (tmp_path / "report" / "page.md").read_text() == "whole"
 
 
 def test_an_interrupted_command_claims_nothing_about_stages(tmp_path):

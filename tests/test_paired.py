@@ -13,13 +13,13 @@ from stages.core.errors import StageError
 from stages.evaluation.paired import Predictions, accuracy_interval, format_p, paired_test, verdict
 
 
-def predictions(right: np.ndarray, *, md5: str = "a" * 32, labels: np.ndarray | None = None) -> Predictions:
+def predictions(right: np.ndarray, *, split: str = "a" * 64, labels: np.ndarray | None = None) -> Predictions:
     """Predictions that are right exactly where `right` is True (wrong answers: the next class)."""
     labels = np.arange(len(right)) % 10 if labels is None else labels
     predicted = np.where(right, labels, (labels + 1) % 10)
     probabilities = np.full((len(right), 10), 0.01)
     probabilities[np.arange(len(right)), predicted] = 0.91
-    return Predictions.from_probabilities(probabilities, labels, "mnist/test", md5)
+    return Predictions.from_probabilities(probabilities, labels, "mnist/test", split)
 
 
 def table(both: int, fixes: int, breaks: int, neither: int) -> tuple[Predictions, Predictions]:
@@ -59,7 +59,28 @@ def test_a_clear_improvement_is_promoted_unless_the_margin_asks_for_more():
     assert verdict(test, alpha=0.05, margin=0.0).promote
     assert verdict(test, alpha=0.05, margin=0.009).promote  # a gain of 1.00 points
     too_small = verdict(test, alpha=0.05, margin=0.01)
-    assert not too_small.promote and "not above promote.margin 1.00%" in too_small.why
+    assert not too_small.promote and "not above the margin 1.00%" in too_small.why
+
+
+@pytest.mark.parametrize("margin", [0.0029, 0.0058, 0.01])
+def test_a_gain_exactly_at_the_margin_is_not_above_it(margin):
+    gain = round(margin * 10000)  # images: 0.0029 * 10000 is 28.999999999999996 in floating point
+    test = paired_test(*table(9000, 20 + gain, 20, 960 - gain))
+    assert test.p_value < 0.05 and not verdict(test, alpha=0.05, margin=margin).promote
+    assert verdict(paired_test(*table(9000, 21 + gain, 20, 959 - gain)), alpha=0.05, margin=margin).promote
+
+
+NEAR_ALPHA = [
+    (0.0496, 0.05, "0.0496"),
+    (0.0503, 0.05, "0.0503"),
+    (0.12, 0.05, "0.12"),
+    (1e-5, 0.05, "1.0e-05"),
+]
+
+
+@pytest.mark.parametrize(("p", "alpha", "shown"), NEAR_ALPHA)
+def test_a_p_value_is_never_printed_as_alpha_itself(p, alpha, shown):
+    assert format_p(p, alpha) == shown
 
 
 def test_a_model_that_breaks_more_than_it_fixes_is_never_promoted():
@@ -71,8 +92,8 @@ def test_a_model_that_breaks_more_than_it_fixes_is_never_promoted():
 
 def test_predictions_of_another_split_are_refused_by_name():
     challenger, champion = table(90, 5, 5, 0)
-    other = Predictions(champion.predicted, champion.probability, champion.label, "mnist/test", "b" * 32)
-    with pytest.raises(StageError, match=r"different images \(mnist/test md5 aaaaaaaaaaaa\.\.\. against "):
+    other = Predictions(champion.predicted, champion.probability, champion.label, "mnist/test", "b" * 64)
+    with pytest.raises(StageError, match=r"different images \(mnist/test aaaaaaaaaaaa\.\.\. against "):
         paired_test(challenger, other)
     relabelled = predictions(np.ones(100, bool), labels=(np.arange(100) + 3) % 10)
     with pytest.raises(StageError, match="different images"):
@@ -96,6 +117,6 @@ def test_predictions_keep_their_bytes_and_content(tmp_path):
     first.save(tmp_path / "b.npz")
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     loaded = Predictions.load(tmp_path / "a.npz")
-    assert (loaded.split, loaded.split_md5) == ("mnist/test", "a" * 32)
+    assert (loaded.split, loaded.split_sha256) == ("mnist/test", "a" * 64)
     assert np.array_equal(loaded.predicted, first.predicted) and loaded.accuracy == first.accuracy
     assert loaded.probability.dtype == np.float32 and loaded.predicted.dtype == np.uint8

@@ -64,7 +64,7 @@ def test_unreachable_server_fails_in_seconds_naming_the_uri(monkeypatch):
         store.connect("exp")
     assert f"the MLflow tracking store {closed} is not usable" in str(caught.value)
     assert "unset MLFLOW_TRACKING_URI" in str(caught.value)
-    assert time.monotonic() - started < 254  # MLflow's own 7 retries, backing off from 2 s, take 254 s
+    assert time.monotonic() - started < 120  # MLflow's own 7 retries back off for about 244 s in all
 
 
 def test_passwords_are_redacted_and_never_logged():

@@ -56,9 +56,10 @@ def read_input(path: Path, key: str, invert: str) -> tuple[list[str], np.ndarray
 
 def _array(path: Path, key: str) -> np.ndarray:
     """The array of a .npy file, or the one named `key` in a .npz (never unpickled: data, not code)."""
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    with np.load(path, allow_pickle=False) as data:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):  # a .npy file, whatever its name says
+        return loaded
+    with loaded as data:
         if key not in data:
             raise StageError(f"{path}: no array {key!r} (it has {sorted(data.files)}); pass --key")
         return data[key]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from stages.core.config import load_params
 from stages.core.errors import StageError
 from stages.core.runner import run_stage
-from stages.evaluation.paired import format_p, paired_test, verdict
+from stages.evaluation.paired import paired_test, verdict
 from stages.tracking import predictions, store
 from stages.tracking.queries import champion_version, model_run_id
 
@@ -59,6 +59,9 @@ def decide(model_name: str, alias: str, run_id: str, alpha: float, margin: float
         return _promote(client, model_name, alias, challenger, reason)
     if champion.version == challenger.version:
         return Decision(False, f"{new} is already the {alias}; nothing changed")
+    if champion.run_id == challenger.run_id:  # the same training, packaged again (new serving code)
+        reason = f"{new} is {old}'s own training run, packaged again: {new} is now the {alias}"
+        return _promote(client, model_name, alias, challenger, reason)
     datasets = _dataset(client, challenger.run_id), _dataset(client, champion.run_id)
     if datasets[0] != datasets[1]:
         raise StageError(
@@ -73,7 +76,7 @@ def decide(model_name: str, alias: str, run_id: str, alpha: float, margin: float
     if not rule.promote:
         return Decision(False, f"{counts}: the {alias} stays", notes)
     reason = f"{counts}: {new} is now the {alias}"
-    return _promote(client, model_name, alias, challenger, reason, notes, format_p(test.p_value))
+    return _promote(client, model_name, alias, challenger, reason, notes, repr(test.p_value))
 
 
 def _promote(client, model_name, alias, challenger, reason: str, notes=(), p_value: str = "") -> Decision:

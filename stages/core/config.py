@@ -389,13 +389,3 @@ def _member_named(members: list[Any], name: str) -> Any:
         if tagged and name in get_args(member.model_fields["type"].annotation):
             return member
     return _unwrapped(members[0])
-
-
-def _first_model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _first_model_in(arg)
-        if found is not None:
-            return found
-    return None

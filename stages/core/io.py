@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from stages.core.errors import StageError
 
 _WRITTEN: list[Path] = []  # what this process has put in place, for the runner's message on an interrupt
+_FILLING: list[Path] = []  # directories being filled under atomic_path: what goes in them is no output
 
 
 def written() -> list[Path]:
@@ -54,10 +56,13 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
     except OSError as exc:
         raise StageError(f"cannot write in {dest.parent}: {exc.strerror}; check its permissions") from exc
     try:
+        if directory:
+            _FILLING.append(tmp)
         yield tmp
         tmp.chmod((0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make them private
         _move_into_place(tmp, dest, directory)
-        _WRITTEN.append(dest)
+        if not any(dest.absolute().is_relative_to(filling.absolute()) for filling in _FILLING):
+            _WRITTEN.append(dest)
     except BaseException as exc:
         _remove(tmp)
         if isinstance(exc, OSError):
@@ -67,6 +72,9 @@ def atomic_path(dest: Path | str, *, directory: bool = False) -> Iterator[Path]:
                 "rerun."
             ) from exc
         raise
+    finally:
+        if directory:
+            _FILLING.remove(tmp)
 
 
 def _move_into_place(tmp: Path, dest: Path, directory: bool) -> None:
@@ -80,7 +88,7 @@ def _move_into_place(tmp: Path, dest: Path, directory: bool) -> None:
     dest.replace(aside)
     try:
         tmp.replace(dest)
-    except OSError:
+    except BaseException:  # a full disk, or an interrupt between the two renames: the old one goes back
         try:
             aside.replace(dest)
         except OSError as lost:
@@ -113,7 +121,7 @@ def load_model(path: Path | str, *, produced_by: str = "train"):
         raise StageError(f"{path} is missing: {rerun}")
     try:
         return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # what a bad file raises
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a bad file
         if "safe_mode" in str(exc):
             raise StageError(
                 f"{path} holds code that would run when loaded (e.g. a Lambda layer); refusing it in safe "

@@ -57,7 +57,8 @@ CONFUSION_CSV = METRICS / "confusion.csv"
 CONFUSION_PNG = METRICS / "confusion.png"
 MISCLASSIFIED_PNG = METRICS / "misclassified.png"
 # Each test image's predicted class and probability, for paired comparisons (stages/evaluation/paired.py).
-PREDICTIONS = DATA / "evaluation" / "predictions.npz"
+# In git (uncached, 60 KB) like the figures beside it, so that a fresh clone has it and skips evaluate.
+PREDICTIONS = METRICS / "predictions.npz"
 
 
 def model_file(root: Path = MODEL_DIR) -> Path:

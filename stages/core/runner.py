@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from stages.core import stderr_filter, timing
+from stages.core import paths, stderr_filter, timing
 from stages.core.errors import StageError, scrub
 from stages.core.io import written
 
@@ -52,7 +52,7 @@ def run_stage(main: Callable[[], None], *, tensorflow: bool = False, command: bo
 def interrupted(command: bool) -> str:
     """What an interrupt left, as it is: the outputs written so far are whole (each renamed into place when
     complete), the others were not written."""
-    done = [str(path) for path in written()]
+    done = [str(path) for path in written() if not path.is_relative_to(paths.TRAIN_STATE)]  # checkpoints
     if command:
         return f"interrupted after writing {', '.join(done)}" if done else "interrupted"
     if not done:

@@ -9,7 +9,9 @@ trainings that differ only in seed differ by a few images in 10,000).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +20,33 @@ from stages.core.errors import StageError
 from stages.data.npz import load_npz, save_npz
 
 CONFIDENCE = 0.95  # of every accuracy interval shown
-_ARRAYS = ("predicted", "probability", "label", "split", "split_md5")
+_ARRAYS = ("predicted", "probability", "label", "split", "split_sha256")
+
+
+def content_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """The SHA-256 of a split's images and labels as arrays (shape, type and values), not of a file."""
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(images), np.ascontiguousarray(labels)):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class Predictions:
     """Each test image's predicted class and its probability, with the labels and the split they are of:
-    `split` names it (`mnist/test`), `split_md5` is its prepared .npz file's MD5, as in preprocess's
-    meta.json and the MLflow run's `testing` dataset."""
+    `split` names it (`mnist/test`), `split_sha256` is the content of its images and labels
+    (`content_digest`): the same images give the same digest whatever the file's bytes."""
 
     predicted: np.ndarray
     probability: np.ndarray
     label: np.ndarray
     split: str
-    split_md5: str
+    split_sha256: str
 
     @classmethod
     def from_probabilities(
-        cls, probabilities: np.ndarray, labels: np.ndarray, split: str, split_md5: str
+        cls, probabilities: np.ndarray, labels: np.ndarray, split: str, split_sha256: str
     ) -> Predictions:
         predicted = probabilities.argmax(axis=1)
         return cls(
@@ -43,7 +54,7 @@ class Predictions:
             probability=probabilities[np.arange(len(predicted)), predicted].astype(np.float32),
             label=np.asarray(labels).astype(np.uint8),
             split=split,
-            split_md5=split_md5,
+            split_sha256=split_sha256,
         )
 
     @property
@@ -63,7 +74,7 @@ class Predictions:
                 "probability": self.probability,
                 "label": self.label,
                 "split": np.array(self.split),
-                "split_md5": np.array(self.split_md5),
+                "split_sha256": np.array(self.split_sha256),
             },
         )
 
@@ -75,7 +86,7 @@ class Predictions:
             probability=arrays["probability"],
             label=arrays["label"],
             split=str(arrays["split"]),
-            split_md5=str(arrays["split_md5"]),
+            split_sha256=str(arrays["split_sha256"]),
         )
 
 
@@ -100,12 +111,16 @@ def paired_test(challenger: Predictions, champion: Predictions) -> PairedTest:
     challenger's with probability 1/2, so the fixes are Binomial(fixes + breaks, 1/2)."""
     from scipy.stats import binomtest
 
-    if challenger.split_md5 != champion.split_md5 or not np.array_equal(challenger.label, champion.label):
+    mine, theirs = challenger.split_sha256, champion.split_sha256
+    if mine != theirs or not np.array_equal(challenger.label, champion.label):
         raise StageError(
-            f"the two models were tested on different images ({challenger.split} md5 "
-            f"{challenger.split_md5[:12]}... against {champion.split} md5 {champion.split_md5[:12]}...): "
-            "the data or its preprocessing changed between them, so their predictions are not paired"
+            f"the two models were tested on different images ({challenger.split} {mine[:12]}... against "
+            f"{champion.split} {theirs[:12]}..., by content): "
+            "the data or its preprocessing changed between them, so their predictions are not paired. "
+            "Train the champion's settings on this data to compare them, or move the alias by hand"
         )
+    if not len(challenger.label):
+        raise StageError(f"{challenger.split} has no images: rerun `dvc repro preprocess`")
     fixed = np.flatnonzero(challenger.correct & ~champion.correct)
     broken = np.flatnonzero(~challenger.correct & champion.correct)
     discordant = len(fixed) + len(broken)
@@ -129,22 +144,29 @@ def verdict(test: PairedTest, alpha: float, margin: float) -> Verdict:
     """The promotion rule: more fixes than breaks, a p-value under `alpha`, and an accuracy gain above
     `margin` (a minimum effect, 0 by default)."""
     fixes, breaks = len(test.fixed), len(test.broken)
+    p = format_p(test.p_value, alpha)
     if not test.better:
-        return Verdict(False, f"(p = {format_p(test.p_value)}; it fixes no more than it breaks)")
+        return Verdict(False, f"(p = {p}; it fixes no more than it breaks)")
     if test.p_value >= alpha:
         relation = ">" if test.p_value > alpha else ">="
-        return Verdict(False, f"(p = {format_p(test.p_value)} {relation} {alpha:g})")
-    if fixes - breaks <= margin * test.images:  # in images: 0.01 of 10,000 is 100, not 100.000000001
+        return Verdict(False, f"(p = {p} {relation} {alpha:g})")
+    if Fraction(fixes - breaks, test.images) <= Fraction(str(margin)):  # exact: 0.0029 x 10,000 is 29
         return Verdict(
             False,
-            f"(p = {format_p(test.p_value)} < {alpha:g}, but a gain of {test.accuracy_gain:.2%} "
-            f"({fixes - breaks} images) is not above promote.margin {margin:.2%})",
+            f"(p = {p} < {alpha:g}, but a gain of {test.accuracy_gain:.2%} "
+            f"({fixes - breaks} images) is not above the margin {margin:.2%})",
         )
-    return Verdict(True, f"(p = {format_p(test.p_value)} < {alpha:g})")
+    return Verdict(True, f"(p = {p} < {alpha:g})")
 
 
-def format_p(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+def format_p(p: float, alpha: float | None = None) -> str:
+    """Two significant digits, or as many more as it takes not to print `alpha` itself for a p-value on
+    either side of it (0.0496 is "0.0496", not "0.05 < 0.05")."""
+    for digits in range(2, 17):
+        text = f"{p:.{digits}g}" if p >= 0.001 else f"{p:.{digits - 1}e}"
+        if alpha is None or p == alpha or float(text) != alpha:
+            return text
+    return repr(p)
 
 
 def accuracy_interval(correct: int, images: int, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -131,7 +131,7 @@ def to_model_input(values: Any, *, whole_numbers: bool = False) -> np.ndarray:
 
 MAX_PIXELS = 50_000_000  # an image file larger than this is refused (a 50-megapixel photo still passes)
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16- and 32-bit integer grey, float grey
-_FULL_SCALES = (1.0, 255.0, 65535.0, 2.0**32 - 1)  # the value of white at 1, 8, 16 or 32 bits
+_FULL_SCALES = (1.0, 255.0, 65535.0, 2.0**31 - 1)  # white at 1, 8, 16 bits, or in mode I (signed 32)
 
 
 class ImageRefusedError(ValueError):
@@ -176,7 +176,7 @@ def grey_levels(image: Any) -> np.ndarray:
     from PIL import Image
 
     if image.mode in _WIDE_MODES:  # white is the smallest full scale that holds every value
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         scales = _FULL_SCALES if image.mode == "F" else _FULL_SCALES[1:]  # 1.0 is white only for floats
         white = next((w for w in scales if values.max() <= w), float(values.max()))
         return np.clip(values / white, 0, 1).astype(np.float32)

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from stages.core import paths
+from stages.core.errors import StageError
 from stages.core.io import load_json
 from stages.data.npz import load_npz
-from stages.evaluation.paired import Predictions
+from stages.evaluation.paired import Predictions, content_digest
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,48 @@ class Found:
         if not self.computed:
             return ""
         return (
-            f"{name} has no stored test predictions (registered before evaluate kept them): computed them "
-            f"with its logged model on {self.predictions.split} (md5 {self.predictions.split_md5[:12]}...)"
+            f"{name} has no test predictions in its run (none are kept before this version of evaluate): "
+            f"computed them with its logged model on {self.predictions.split} "
+            f"({self.predictions.split_sha256[:12]}...)"
         )
 
 
 def stored(run_id: str) -> Predictions | None:
-    """The predictions logged in the run, or None where it has none."""
+    """The predictions logged in the run, or None where it has none. A store that cannot list or send the
+    run's artifacts stops here, naming it: falling back to totals, or to a model, would hide it."""
     import mlflow
 
+    from stages.tracking import store
+
     client = mlflow.MlflowClient()
-    if ARTIFACT not in {f.path for f in client.list_artifacts(run_id, Path(ARTIFACT).parent.as_posix())}:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, ARTIFACT, tmp)
-        return Predictions.load(Path(local), produced_by="evaluate")
+    where = f"the artifacts of MLflow run {run_id} in {store.redact(store.tracking_uri())}"
+    try:
+        listed = {f.path for f in client.list_artifacts(run_id, Path(ARTIFACT).parent.as_posix())}
+        if ARTIFACT not in listed:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(client.download_artifacts(run_id, ARTIFACT, tmp))
+            return Predictions.load(local, produced_by="evaluate")
+    except StageError as exc:  # a damaged file: the path named is a temporary one
+        raise StageError(f"{ARTIFACT} in MLflow run {run_id} is unreadable: rerun its `dvc repro`") from exc
+    except _artifact_errors() as exc:
+        raise StageError(
+            f"cannot read {where} ({type(exc).__name__}: {str(exc)[:200]}): check the store's artifact "
+            "access (for S3, the credentials) and rerun"
+        ) from exc
+
+
+def _artifact_errors() -> tuple[type[BaseException], ...]:
+    """What reading a run's artifacts raises when the store cannot serve them: MLflow's errors, the file
+    system's and requests' (OSErrors), and boto's for S3, whose classes are not OSErrors."""
+    from mlflow.exceptions import MlflowException
+
+    errors: list[type[BaseException]] = [MlflowException, OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # S3 is the [team] extra's
+        return tuple(errors)
+    return (*errors, BotoCoreError, ClientError)
 
 
 def of_version(version: Any) -> Found:
@@ -54,7 +82,13 @@ def of_version(version: Any) -> Found:
     found = stored(version.run_id)
     if found is not None:
         return Found(found, computed=False)
-    return Found(computed_now(version.source), computed=True)
+    try:
+        return Found(computed_now(version.source), computed=True)
+    except _artifact_errors() as exc:
+        raise StageError(
+            f"version {version.version} has no test predictions in its run, and its logged model "
+            f"{version.source} could not be loaded to make them ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
 
 
 def computed_now(model_uri: str) -> Predictions:
@@ -72,6 +106,5 @@ def computed_now(model_uri: str) -> Predictions:
     answers = model.predict(pixels)
     probabilities = np.asarray(answers["probabilities"].tolist(), dtype=np.float64)
     log.info("computed %d test predictions with %s", len(pixels), model_uri)
-    return Predictions.from_probabilities(
-        probabilities, test["label"], f"{meta['dataset']}/test", meta["files_md5"]["test"]
-    )
+    split = content_digest(test["x"], test["label"])
+    return Predictions.from_probabilities(probabilities, test["label"], f"{meta['dataset']}/test", split)
