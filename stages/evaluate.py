@@ -2,7 +2,7 @@
 mnist-predict and the served model run it: its LiteRT form, which package checked against the Keras model
 on this split. So no TensorFlow here.
 
-Writes metrics/eval.json (the DVC metric, with the accuracy's 95% interval), the per-class table, the
+Writes metrics/eval.json (the DVC metric), the per-class table, the
 confusion matrix, a grid of the most confident mistakes (stages/evaluation/), and each test image's
 prediction (metrics/predictions.npz), which `mnist-promote` and the report pair with the champion's.
 No MLflow here: report records them in the training run.

@@ -30,7 +30,7 @@ from stages.core.io import atomic_path, load_json, write_json
 from stages.core.runner import run_stage
 from stages.data.npz import load_npz
 from stages.evaluation.figures import save_image_grid
-from stages.evaluation.paired import Predictions, paired_test, verdict
+from stages.evaluation.paired import Predictions, accuracy_interval, paired_test, verdict
 from stages.reporting.render import ChampionComparison, render, save_training_curves, to_html
 from stages.tracking import lineage, predictions, queries, record, registry, store
 
@@ -100,6 +100,13 @@ def save_paired_images(compared: ChampionComparison, class_names: list[str], sta
         save_image_grid(test["x"], np.asarray(shown), captions, title, staging / dest.name)
 
 
+def interval(test: dict, images: int) -> dict[str, float]:
+    """The test accuracy's 95% Wilson interval, for the report, mnist-runs and the MLflow run (not in
+    eval.json, whose every column `dvc metrics show` prints)."""
+    low, high = accuracy_interval(images - int(test["errors"]), images)
+    return {"accuracy_ci95_low": low, "accuracy_ci95_high": high}
+
+
 def summary(params: Params, figures: dict) -> dict:
     """The report's headline, from its inputs only (no run id, no MLflow): the same for the same inputs."""
     return {
@@ -128,6 +135,7 @@ def main() -> None:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise StageError(f"{paths.PER_CLASS} is unreadable ({exc}): rerun `dvc repro evaluate`") from exc
     figures["eval"]["per_class"] = per_class.to_dict(orient="index")
+    figures["eval"]["test"] |= interval(figures["eval"]["test"], int(per_class["support"].sum()))
     for png in (paths.CONFUSION_PNG, paths.MISCLASSIFIED_PNG):
         if not png.exists():
             raise StageError(f"{png} is missing: rerun `dvc repro evaluate`")

@@ -1,5 +1,4 @@
-"""The test figures: loss, accuracy (with its 95% interval), errors, macro F1 and the per-class table,
-from scikit-learn."""
+"""The test figures: loss, accuracy, errors, macro F1 and the per-class table, from scikit-learn."""
 
 from __future__ import annotations
 
@@ -8,14 +7,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, log_loss
 
-from stages.evaluation.paired import accuracy_interval
-
 
 def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Test loss and accuracy, and per-class precision, recall, F1 and support."""
     predicted = probabilities.argmax(axis=1)
     errors = int((predicted != labels).sum())
-    low, high = accuracy_interval(len(labels) - errors, len(labels))
     report = classification_report(
         labels,
         predicted,
@@ -28,8 +24,6 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[st
         "test": {
             "loss": float(log_loss(labels, probabilities, labels=range(len(class_names)))),
             "accuracy": float(accuracy_score(labels, predicted)),
-            "accuracy_ci95_low": low,  # Wilson's interval: the accuracy of 10,000 images is uncertain too
-            "accuracy_ci95_high": high,
             "errors": errors,
             "macro_f1": float(report["macro avg"]["f1-score"]),
         },
