@@ -19,6 +19,7 @@ import base64
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,37 +54,36 @@ def _beside_report(path: Path) -> str:
     return os.path.relpath(path, paths.REPORT_MD.parent)
 
 
-def compare_with_champion(
-    params: Params, run, champion: tuple[str | None, str | None]
-) -> ChampionComparison | None:
-    """This run's test predictions paired with the champion's, judged by `mnist-promote`'s rule; None where
-    there is no champion or this run's model is it. A comparison that cannot be made says why instead."""
+def compare_with_champion(params: Params, run, champion: Any | None) -> ChampionComparison | None:
+    """This run's test predictions paired with the champion's (a `ModelVersion`), judged by
+    `mnist-promote`'s rule; None where there is no champion or this run's model is it. A comparison that
+    cannot be made says why instead."""
     import mlflow
 
-    version, champion_run = champion
-    if version is None or champion_run == run.info.run_id:
+    if champion is None or champion.run_id == run.info.run_id:
         return None
     client = mlflow.MlflowClient()
-    compared = ChampionComparison(version=version, run_id=champion_run)
-    dataset = client.get_run(champion_run).data.params.get("data.dataset")
+    compared = ChampionComparison(version=champion.version, run_id=champion.run_id)
+    dataset = client.get_run(champion.run_id).data.params.get("data.dataset")
     if dataset != run.data.params.get("data.dataset"):
         return compared.refused(
             f"it was trained on {dataset}, this run on {run.data.params.get('data.dataset')}"
         )
     try:  # the section is the report's extra: a champion that cannot be compared is said, not fatal
-        found = predictions.of_version(client.get_model_version(params.train.registered_model, version))
-        test = paired_test(Predictions.load(paths.PREDICTIONS), found.predictions)
+        found = predictions.of_version(champion)
+        mine = Predictions.load(paths.PREDICTIONS)
+        test = paired_test(mine, found.predictions)
     except StageError as exc:
         return compared.refused(str(exc))
     rule = verdict(test, params.promote.alpha, params.promote.margin)
-    return compared.judged(test, rule, found.predictions.predicted, found.how(f"version {version}"))
+    how = found.how(f"version {champion.version}")
+    return compared.judged(test, rule, mine, found.predictions.predicted, how)
 
 
 def save_paired_images(compared: ChampionComparison, class_names: list[str], staging: Path) -> None:
     """The first images this run fixes and breaks, each with what the champion answered."""
     test = load_npz(paths.prepared_split("test"), ("x", "label"), produced_by="preprocess")
-    mine = Predictions.load(paths.PREDICTIONS)
-    theirs = compared.champion_predicted
+    mine, theirs = compared.predictions, compared.champion_predicted
     for indices, what, dest in (
         (compared.test.fixed, "fixes {} of version {}'s mistakes", paths.FIXED_PNG),
         (compared.test.broken, "breaks {} of version {}'s right answers", paths.BROKEN_PNG),
@@ -168,7 +168,8 @@ def main() -> None:
     )
     registry.register(run_id, params.train.registered_model)
     run = mlflow.MlflowClient().get_run(run_id)
-    champion = queries.champion_run_id(params.train.registered_model, params.promote.alias)
+    champion_version = queries.champion_version(params.train.registered_model, params.promote.alias)
+    champion = (champion_version.version, champion_version.run_id) if champion_version else (None, None)
     earlier = queries.search(limit=params.report.compare_runs)
     shown = set(earlier["run_id"]) if not earlier.empty else set()
     missing = [r for r in dict.fromkeys((run_id, champion[1])) if r and r not in shown]
@@ -178,7 +179,7 @@ def main() -> None:
     if champion[1]:
         marks[champion[1]] = "this run, champion" if champion[1] == run_id else "champion"
     comparison = queries.comparison(earlier, marks)
-    compared = compare_with_champion(params, run, champion)
+    compared = compare_with_champion(params, run, champion_version)
     timing.lap("mlflow")
 
     title = f"{params.train.model} on {meta['dataset']}"

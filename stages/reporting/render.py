@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from stages.core import paths
 from stages.core.config import Params
 from stages.core.io import atomic_path
-from stages.evaluation.paired import PairedTest, Verdict, format_p
+from stages.evaluation.paired import PairedTest, Predictions, Verdict, format_p
 from stages.tracking.queries import format_accuracy
 
 HTML_STYLE = """
@@ -41,14 +41,17 @@ class ChampionComparison:
     run_id: str
     test: PairedTest | None = None  # None: not compared, `note` says why
     rule: Verdict | None = None
+    predictions: Predictions | None = None  # this run's
     champion_predicted: np.ndarray | None = None
     note: str = ""
 
     def refused(self, why: str) -> ChampionComparison:
         return replace(self, note=why)
 
-    def judged(self, test: PairedTest, rule: Verdict, predicted: np.ndarray, note: str) -> ChampionComparison:
-        return replace(self, test=test, rule=rule, champion_predicted=predicted, note=note)
+    def judged(
+        self, test: PairedTest, rule: Verdict, mine: Predictions, predicted: np.ndarray, note: str
+    ) -> ChampionComparison:
+        return replace(self, test=test, rule=rule, predictions=mine, champion_predicted=predicted, note=note)
 
 
 def save_training_curves(history: pd.DataFrame, dest: Path) -> None:

@@ -127,12 +127,6 @@ def champion_version(model_name: str, alias: str) -> Any | None:
         raise
 
 
-def champion_run_id(model_name: str, alias: str) -> tuple[str | None, str | None]:
-    """(version, run id) of the model version the alias points at, or (None, None) if there is none."""
-    version = champion_version(model_name, alias)
-    return (version.version, version.run_id) if version else (None, None)
-
-
 MODEL_TAG = "model.sha256"  # set by train on each run: which model file the run produced
 
 
