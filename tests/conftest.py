@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,33 @@ from stages.data.catalogue import ARRAY_NAMES, IDX_FILES, DatasetSpec
 from stages.data.npz import sha256_array
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ scheduling
+
+# The files that take minutes, longest first (measured by a whole run: CONTRIBUTING.md). `--dist loadfile`
+# hands whole files to the two workers in collection order (pyproject: --no-loadscope-reorder, where xdist
+# would otherwise start with the files of most tests, the quick ones), so that the long files start first
+# and the quick ones fill in the gaps: the two workers finish close together.
+LONGEST_FIRST = (
+    "test_retrain_workflow.py",
+    "test_killed_training.py",
+    "test_training_pipeline.py",
+    "test_fresh_clone.py",
+    "test_report_and_serving.py",
+    "test_fault_tolerance.py",
+    "test_tune.py",
+    "test_tune_workflow.py",
+    "test_backends.py",
+    "test_promotion.py",
+    "test_team_stack.py",
+    "test_tune_workers.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 # ------------------------------------------------------------------------------------------ HTTP server
@@ -301,6 +329,50 @@ def client_for(repo: Path):
 
 def run_id_of(repo: Path) -> str:
     return json.loads((repo / "data" / "train_run.json").read_text())["run_id"]
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+FAULTS = str(REPO / "tests" / "faults.py")
+
+
+def small_run_copy(base: Path, dest: Path) -> Path:
+    """A private copy of a repository that `pipeline_run_once` made: its outputs, DVC cache and MLflow
+    store included, so that a test may kill, damage or edit anything in it."""
+    shutil.copytree(base, dest, symlinks=True)
+    return dest
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def truncate_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def versions_of(repo: Path, run_id: str) -> list:
+    return client_for(repo).search_model_versions(f"run_id='{run_id}'")
+
+
+def killed_at(repo: Path, point: str, stage: str = "stages.train") -> subprocess.CompletedProcess:
+    result = run([sys.executable, FAULTS, point, stage], repo, check=False, env={"PYTHONPATH": str(repo)})
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+    return result
+
+
+def answer_the_experiment_lookup(server: FixtureServer, repo: Path) -> None:
+    """Make `server` answer the one call `store.connect` makes, as a tracking server would."""
+    experiment = {
+        "experiment_id": "1",
+        "name": "mnist-pipeline",
+        "lifecycle_stage": "active",
+        "artifact_location": str(repo / "mlruns"),
+        "tags": [{"key": "mlflow.experimentKind", "value": "custom_model_development"}],  # as connect made it
+    }
+    route = "/api/2.0/mlflow/experiments/get-by-name"
+    server.routes[route] = json.dumps({"experiment": experiment}).encode()
 
 
 # ------------------------------------------------------------------------------------------ servers
