@@ -42,16 +42,18 @@ REPO = Path(__file__).resolve().parents[1]
 LONGEST_FIRST = (
     "test_retrain_workflow.py",
     "test_killed_training.py",
-    "test_training_pipeline.py",
     "test_fresh_clone.py",
-    "test_report_and_serving.py",
+    "test_training_pipeline.py",
+    "test_benchmarks.py",
     "test_fault_tolerance.py",
-    "test_tune.py",
-    "test_tune_workflow.py",
+    "test_report_and_serving.py",
     "test_backends.py",
+    "test_tune.py",
     "test_promotion.py",
+    "test_tune_workflow.py",
     "test_team_stack.py",
     "test_tune_workers.py",
+    "test_pipeline.py",
 )
 
 
