@@ -1,6 +1,6 @@
 """A checkpoint's fingerprint: the settings in effect (not the params as written), the architecture, the
 data and the code DVC declares for the train stage. The killed-run scenarios that use it run for real in
-test_fault_tolerance.py."""
+test_killed_training.py."""
 
 from __future__ import annotations
 
