@@ -10,7 +10,14 @@ import pytest
 from scipy.stats import binomtest
 
 from stages.core.errors import StageError
-from stages.evaluation.paired import Predictions, accuracy_interval, format_p, paired_test, verdict
+from stages.evaluation.paired import (
+    Predictions,
+    accuracy_interval,
+    format_p,
+    p_clause,
+    paired_test,
+    verdict,
+)
 
 
 def predictions(right: np.ndarray, *, split: str = "a" * 64, labels: np.ndarray | None = None) -> Predictions:
@@ -52,6 +59,18 @@ def test_the_issues_example_keeps_the_champion_and_says_why():
     assert format_p(test.p_value) == "0.12"
     rule = verdict(test, alpha=0.05, margin=0.0)
     assert not rule.promote and rule.why == "(p = 0.12 > 0.05)"
+
+
+@pytest.mark.parametrize(("fixes", "breaks"), [(81, 6603), (6603, 81), (0, 1100)])
+def test_a_p_value_too_small_for_a_float_is_never_printed_as_0(fixes, breaks):
+    """A retrain job's worse preset broke 6,603 of the champion's right answers and fixed 81: the exact
+    tail underflows to 0.0, and "p = 0.0e+00" would say the result could not have happened by chance."""
+    test = paired_test(*table(10000 - fixes - breaks, fixes, breaks, 0))
+    assert test.p_value == 0.0  # the float, not the p-value
+    assert p_clause(test.p_value) == "p < 2.2e-308"
+    why = verdict(test, alpha=0.05, margin=0.0).why
+    assert "p < 2.2e-308" in why and "p = 0" not in why, why
+    assert p_clause(0.12) == "p = 0.12" and p_clause(0.0496, 0.05) == "p = 0.0496"
 
 
 def test_a_clear_improvement_is_promoted_unless_the_margin_asks_for_more():

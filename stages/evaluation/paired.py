@@ -10,6 +10,7 @@ trainings that differ only in seed differ by a few images in 10,000).
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -144,19 +145,19 @@ def verdict(test: PairedTest, alpha: float, margin: float) -> Verdict:
     """The promotion rule: more fixes than breaks, a p-value under `alpha`, and an accuracy gain above
     `margin` (a minimum effect, 0 by default)."""
     fixes, breaks = len(test.fixed), len(test.broken)
-    p = format_p(test.p_value, alpha)
+    p = p_clause(test.p_value, alpha)
     if not test.better:
-        return Verdict(False, f"(p = {p}; it fixes no more than it breaks)")
+        return Verdict(False, f"({p}; it fixes no more than it breaks)")
     if test.p_value >= alpha:
         relation = ">" if test.p_value > alpha else ">="
-        return Verdict(False, f"(p = {p} {relation} {alpha:g})")
+        return Verdict(False, f"({p} {relation} {alpha:g})")
     if Fraction(fixes - breaks, test.images) <= Fraction(str(margin)):  # exact: 0.0029 x 10,000 is 29
         return Verdict(
             False,
-            f"(p = {p} < {alpha:g}, but a gain of {test.accuracy_gain:.2%} "
+            f"({p} < {alpha:g}, but a gain of {test.accuracy_gain:.2%} "
             f"({fixes - breaks} images) is not above the margin {margin:.2%})",
         )
-    return Verdict(True, f"(p = {p} < {alpha:g})")
+    return Verdict(True, f"({p} < {alpha:g})")
 
 
 def format_p(p: float, alpha: float | None = None) -> str:
@@ -167,6 +168,14 @@ def format_p(p: float, alpha: float | None = None) -> str:
         if alpha is None or p == alpha or float(text) != alpha:
             return text
     return repr(p)
+
+
+def p_clause(p: float, alpha: float | None = None) -> str:
+    """The p-value as a clause, "p = 0.12"; "p < 2.2e-308" where the exact tail is too small for a float
+    and comes back as 0 (thousands of discordant images, all one way): a p-value is never 0."""
+    if p == 0:
+        return f"p < {sys.float_info.min:.1e}"
+    return f"p = {format_p(p, alpha)}"
 
 
 def accuracy_interval(correct: int, images: int, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from stages.core import paths
 from stages.core.config import Params
 from stages.core.io import atomic_path
-from stages.evaluation.paired import PairedTest, Predictions, Verdict, format_p
+from stages.evaluation.paired import PairedTest, Predictions, Verdict, p_clause
 from stages.tracking.queries import format_accuracy
 
 HTML_STYLE = """
@@ -188,8 +188,8 @@ def _champion_section(
     outcome = f"would take the `{alias}` alias" if rule.promote else f"would not: the `{alias}` would stay"
     lines = [
         f"On the same {test.images:,} test images, this run fixes **{len(test.fixed)}** of {old}'s mistakes "
-        f"and breaks **{len(test.broken)}** of its right answers (exact McNemar test, p = "
-        f"{format_p(test.p_value)}; accuracy {test.accuracy_gain:+.2%}). By the promotion rule (p below "
+        f"and breaks **{len(test.broken)}** of its right answers (exact McNemar test, "
+        f"{p_clause(test.p_value)}; accuracy {test.accuracy_gain:+.2%}). By the promotion rule (p below "
         f"promote.alpha {params.promote.alpha:g}, a gain above promote.margin {params.promote.margin:.2%}) "
         f"this model {outcome} {rule.why}.",
     ]
