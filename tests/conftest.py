@@ -338,11 +338,17 @@ def run_id_of(repo: Path) -> str:
 FAULTS = str(REPO / "tests" / "faults.py")
 
 
-def small_run_copy(base: Path, dest: Path) -> Path:
-    """A private copy of a repository that `pipeline_run_once` made: its outputs, DVC cache and MLflow
-    store included, so that a test may kill, damage or edit anything in it."""
-    shutil.copytree(base, dest, symlinks=True)
-    return dest
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """One small real pipeline run (`pipeline_run_once`) for each test module that asks for it."""
+    return pipeline_run_once(tmp_path_factory.mktemp("small-run") / "repo")
+
+
+@pytest.fixture
+def small_run_copy(small_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the module's `small_run`: its outputs, DVC cache and MLflow store included, so
+    that a test may kill, damage or edit anything in it."""
+    return Path(shutil.copytree(small_run, tmp_path / "repo", symlinks=True))
 
 
 def digest(path: Path) -> str:

@@ -22,13 +22,11 @@ from conftest import (
     digest,
     free_port,
     mlflow_server,
-    pipeline_run_once,
     ran_stages,
     run,
     run_id_of,
     serving,
     set_params,
-    small_run_copy,
     truncate_half,
     up_to_date,
     user_env,
@@ -40,14 +38,9 @@ from stages.serving.lite import LiteModel
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return pipeline_run_once(tmp_path_factory.mktemp("faults") / "repo")
-
-
 @pytest.fixture
-def repo(base, tmp_path) -> Path:
-    return small_run_copy(base, tmp_path / "repo")
+def repo(small_run_copy: Path) -> Path:
+    return small_run_copy  # the name these tests give it
 
 
 def test_an_edit_to_the_serving_code_repackages_and_registers_without_retraining(repo):

@@ -22,11 +22,9 @@ from conftest import (
     client_for,
     digest,
     killed_at,
-    pipeline_run_once,
     run,
     run_id_of,
     set_params,
-    small_run_copy,
     truncate_half,
     versions_of,
 )
@@ -36,14 +34,9 @@ from stages.core.io import load_model
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return pipeline_run_once(tmp_path_factory.mktemp("killed") / "repo")
-
-
 @pytest.fixture
-def repo(base, tmp_path) -> Path:
-    return small_run_copy(base, tmp_path / "repo")
+def repo(small_run_copy: Path) -> Path:
+    return small_run_copy  # the name these tests give it
 
 
 def test_kill_while_writing_a_checkpoint_resumes_from_the_one_before(repo):
