@@ -168,18 +168,18 @@ def main() -> None:
     )
     registry.register(run_id, params.train.registered_model)
     run = mlflow.MlflowClient().get_run(run_id)
-    champion_version = queries.champion_version(params.train.registered_model, params.promote.alias)
-    champion = (champion_version.version, champion_version.run_id) if champion_version else (None, None)
+    champion = queries.champion_version(params.train.registered_model, params.promote.alias)
+    champion_run = champion.run_id if champion else None
     earlier = queries.search(limit=params.report.compare_runs)
     shown = set(earlier["run_id"]) if not earlier.empty else set()
-    missing = [r for r in dict.fromkeys((run_id, champion[1])) if r and r not in shown]
+    missing = [r for r in dict.fromkeys((run_id, champion_run)) if r and r not in shown]
     if missing:  # this run and the champion always appear, however old
         earlier = pd.concat([queries.search(run_ids=missing, limit=0), earlier], ignore_index=True)
     marks = {run_id: "this run"}
-    if champion[1]:
-        marks[champion[1]] = "this run, champion" if champion[1] == run_id else "champion"
+    if champion_run:
+        marks[champion_run] = "this run, champion" if champion_run == run_id else "champion"
     comparison = queries.comparison(earlier, marks)
-    compared = compare_with_champion(params, run, champion_version)
+    compared = compare_with_champion(params, run, champion)
     timing.lap("mlflow")
 
     title = f"{params.train.model} on {meta['dataset']}"

@@ -80,7 +80,7 @@ def render(
     run: Any,
     figures: dict[str, Any],
     comparison: pd.DataFrame,
-    champion: tuple[str | None, str | None],
+    champion: Any | None,  # the alias's `ModelVersion`, or None
     compared: ChampionComparison | None,
     image: Callable[[Path], str],
 ) -> str:
@@ -118,15 +118,14 @@ def render(
     }
     counts = train["params"]
     per_class = pd.DataFrame.from_dict(evaluation["per_class"], orient="index").rename_axis("class")
-    version, champion_run = champion
-    if version is None:
+    if champion is None:
         champion_line = f"No model carries the `{params.promote.alias}` alias yet (`mnist-promote` sets it)."
-    elif champion_run == run.info.run_id:
-        champion_line = f"This run's model is the `{params.promote.alias}` (version {version})."
+    elif champion.run_id == run.info.run_id:
+        champion_line = f"This run's model is the `{params.promote.alias}` (version {champion.version})."
     else:
         champion_line = (
-            f"The `{params.promote.alias}` is version {version} of `{params.train.registered_model}` "
-            f"(run `{champion_run[:8]}`)."
+            f"The `{params.promote.alias}` is version {champion.version} of "
+            f"`{params.train.registered_model}` (run `{champion.run_id[:8]}`)."
         )
     experiment = tags.get("dvc.experiment", "")
     splits = ", ".join(f"{name} {count:,}" for name, count in meta["splits"].items())
